@@ -1,0 +1,37 @@
+"""Named MIRNet configurations, all in one place.
+
+``paper`` is the network of the ECCV 2020 paper (31.79M parameters). The smaller ones are
+sized for CPUs: ``tiny`` is the shipped default, fast enough for interactive use on a
+laptop; ``small`` is a middle ground for users with a few minutes to spare per folder.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mirnet.archs.mirnet_arch import MIRNet
+
+MODEL_CONFIGS: dict[str, dict[str, Any]] = {
+    "paper": dict(features=64, chan_factor=2, num_groups=3, num_blocks=2, height=3, width=2),
+    "small": dict(features=32, chan_factor=2, num_groups=2, num_blocks=2, height=3, width=2),
+    "tiny": dict(features=16, chan_factor=2, num_groups=1, num_blocks=2, height=3, width=2),
+    # For tests and smoke runs: a few thousand parameters, every kind of layer present.
+    "nano": dict(features=8, chan_factor=2, num_groups=1, num_blocks=1, height=3, width=2),
+}
+
+
+def list_models() -> list[str]:
+    """Names of the built-in configurations."""
+    return list(MODEL_CONFIGS)
+
+
+def build_model(name: str, **overrides: Any) -> MIRNet:
+    """Build an untrained MIRNet from a named configuration.
+
+    Args:
+        name: one of :func:`list_models`.
+        **overrides: any :class:`MIRNet` argument, replacing the configuration's value.
+    """
+    if name not in MODEL_CONFIGS:
+        raise ValueError(f"unknown model configuration {name!r}; choose from {', '.join(MODEL_CONFIGS)}")
+    return MIRNet(**{**MODEL_CONFIGS[name], **overrides})

@@ -1,0 +1,192 @@
+"""The ``mirnet`` command: a thin layer over functions that can be imported."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import mirnet
+
+
+def _train(args: argparse.Namespace) -> int:
+    from mirnet.train import TrainingDiverged, load_config, train
+
+    config = load_config(args.config)
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    try:
+        weights = train(
+            config, args.data, out, resume=args.resume, command=" ".join(["mirnet", *sys.argv[1:]])
+        )
+    except TrainingDiverged as err:
+        print(f"mirnet train: {err}", file=sys.stderr)
+        return 1
+    if weights is None:
+        return 130
+    print(f"weights: {weights}")
+    return 0
+
+
+def _report(command: str, path, message: str) -> None:
+    print(f"mirnet {command}: error: {path}: {message}", file=sys.stderr)
+
+
+def _enhance(args: argparse.Namespace) -> int:
+    from mirnet.enhance import collect_inputs, enhance_files, plan_outputs
+    from mirnet.inference import load_model
+
+    out_dir = Path(args.output) if args.output else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    inputs, failures = collect_inputs(args.inputs)
+    plan, refused = plan_outputs(inputs, out_dir)
+    failures += refused
+    for failure in failures:
+        _report("enhance", failure.input, failure.error)
+    enhancer = load_model(
+        args.weights or args.model, device=args.device, precision=args.precision, tile=args.tile
+    )
+
+    def show(outcome) -> None:
+        if outcome.error:
+            _report("enhance", outcome.input, outcome.error)
+        elif args.verbose:
+            print(f"{outcome.input} -> {outcome.output}", file=sys.stderr)
+
+    outcomes = enhance_files(plan, enhancer, bits=args.bits, progress=not args.quiet, on_outcome=show)
+    failed = len(failures) + sum(1 for o in outcomes if o.error)
+    done = sum(1 for o in outcomes if o.output)
+    if not args.quiet:
+        where = out_dir if out_dir is not None else "beside the inputs"
+        print(
+            f"enhanced {done} image(s) into {where}" + (f"; {failed} failed" if failed else ""),
+            file=sys.stderr,
+        )
+    return 1 if failed else 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from mirnet.classical import CLASSICAL_METHODS
+    from mirnet.data import find_pairs
+    from mirnet.evaluate import comparison_figure, evaluate_methods, markdown_table, write_reports
+    from mirnet.inference import load_model
+
+    split = "test" if args.split == "eval" else args.split
+    pairs = find_pairs(args.data, split)
+    if args.limit:
+        pairs = pairs[: args.limit]
+    methods = {} if args.no_classical else dict(CLASSICAL_METHODS)
+    meta = {"data": str(args.data), "split": split, "command": " ".join(["mirnet", *sys.argv[1:]])}
+    if not args.classical_only:
+        enhancer = load_model(args.weights or args.model, device=args.device, precision=args.precision)
+        label = f"MIRNet {enhancer.info['name']}"
+        methods[label] = enhancer.enhance_tensor
+        meta["model"] = {
+            "weights": enhancer.info["weights"],
+            "arch": enhancer.info["arch"],
+            "precision": args.precision,
+        }
+    if not methods:
+        print(
+            "mirnet evaluate: error: nothing to evaluate (--no-classical with --classical-only)",
+            file=sys.stderr,
+        )
+        return 2
+    names = {p.name for p in pairs}
+    figure_names = [n for n in (args.figure or [pairs[0].name]) if n in names]
+    rows, kept = evaluate_methods(pairs, methods, keep=set(figure_names), progress=not args.quiet)
+    out_dir = Path(args.out)
+    summary = write_reports(rows, out_dir, meta)
+    if kept:
+        comparison_figure({n: kept[n] for n in figure_names if n in kept}, out_dir / "comparison.png")
+    print(markdown_table(summary, f"{args.data} ({split}, {len(pairs)} pairs)"))
+    print(f"reports in {out_dir}/ (results.md, per_image.csv, results.json, comparison.png)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mirnet",
+        description="Low-light photo enhancement with MIRNet: enhance photos, train, evaluate, export.",
+    )
+    parser.add_argument("--version", action="version", version=f"mirnet {mirnet.__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    enhance = commands.add_parser(
+        "enhance",
+        help="brighten and denoise low-light photos",
+        description="Enhance photos with a trained MIRNet. Each INPUT is a file, a folder (its "
+        "images) or a glob. Writes NAME_enhanced.png beside each input, or into -o DIR; never "
+        "over an input. Files that fail are reported and the others still get done; the exit "
+        "status is 1 if any failed.",
+    )
+    enhance.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
+    enhance.add_argument("-o", "--output", metavar="DIR", help="folder for the results (created if needed)")
+    source = enhance.add_mutually_exclusive_group()
+    source.add_argument("--model", help="bundled model name (default: the default model)")
+    source.add_argument("--weights", metavar="FILE", help="a .safetensors weights file from mirnet train")
+    enhance.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    enhance.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="fp32 (reference) or bf16 autocast (faster on recent CPUs and GPUs)",
+    )
+    enhance.add_argument(
+        "--tile",
+        type=int,
+        default=None,
+        metavar="SIZE",
+        help="process in SIZE x SIZE tiles (bounded memory); default: automatic for large photos, 0: never",
+    )
+    enhance.add_argument("--bits", type=int, choices=[8, 16], default=8, help="PNG bit depth (default 8)")
+    enhance.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    enhance.add_argument(
+        "-v", "--verbose", action="store_true", help="list each output; tracebacks on errors"
+    )
+    enhance.set_defaults(func=_enhance)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="score a model and classical methods on paired test images",
+        description="PSNR/SSIM (plain and GT-mean) per image and on average, for a model and the "
+        "classical baselines (dark input, autocontrast, histogram equalisation, CLAHE, gamma). "
+        "Writes results.md, per_image.csv, results.json and comparison.png into --out.",
+    )
+    source = evaluate.add_mutually_exclusive_group()
+    source.add_argument("--model", help="bundled model name (default: the default model)")
+    source.add_argument("--weights", metavar="FILE", help="a .safetensors weights file")
+    evaluate.add_argument(
+        "--data", required=True, help="dataset root (real_pairs, LoL-v1, LOL-v2 or low/+high/)"
+    )
+    evaluate.add_argument("--split", default="test", choices=["test", "eval", "train"], help="default: test")
+    evaluate.add_argument("--out", default="evaluation", help="report folder (default: evaluation/)")
+    evaluate.add_argument("--figure", nargs="*", metavar="NAME", help="image names for comparison.png")
+    evaluate.add_argument("--limit", type=int, help="only the first N pairs")
+    evaluate.add_argument("--no-classical", action="store_true", help="skip the classical methods")
+    evaluate.add_argument("--classical-only", action="store_true", help="skip the model")
+    evaluate.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    evaluate.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    evaluate.set_defaults(func=_evaluate)
+
+    train = commands.add_parser(
+        "train",
+        help="train a model on paired low/normal-light images",
+        description="Train MIRNet as a YAML config describes. Validation pairs are held out of "
+        "the training pairs; test pairs are never read.",
+    )
+    train.add_argument("--config", required=True, help="experiment YAML, e.g. configs/tiny.yaml")
+    train.add_argument(
+        "--data", required=True, help="dataset root (real_pairs, LoL-v1, LOL-v2 or low/+high/)"
+    )
+    train.add_argument("--out", help="run directory (default: runs/CONFIG_NAME)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
+    train.set_defaults(func=_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``mirnet`` console script."""
+    args = build_parser().parse_args(argv)
+    return args.func(args)

@@ -1,0 +1,242 @@
+"""Enhancing photos with a trained model: ``mirnet.load_model(...).enhance(image)``.
+
+Large photos are processed in overlapping tiles whose seams are blended with linear ramps,
+so memory stays bounded whatever the photo size (see :func:`enhance_tiled`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mirnet.archs import MIRNet
+from mirnet.io import to_uint
+from mirnet.weights import WeightsError, load_weights
+
+DEFAULT_MODEL = "tiny"
+# Photos above this many pixels are tiled automatically (the default model's peak memory
+# grows ~linearly with pixels; see benchmarks/speed.py).
+AUTO_TILE_PIXELS = 4_000_000
+DEFAULT_TILE = 1024
+DEFAULT_OVERLAP = 64
+
+ImageLike = TypeVar("ImageLike", Image.Image, np.ndarray, torch.Tensor)
+
+
+def bundled_models() -> dict[str, Path]:
+    """Names and paths of the weights shipped inside the package."""
+    folder = resources.files("mirnet") / "weights"
+    if not folder.is_dir():
+        return {}
+    return {Path(f.name).stem: Path(str(f)) for f in folder.iterdir() if f.name.endswith(".safetensors")}
+
+
+def resolve_weights(name_or_path: str | os.PathLike | None) -> Path:
+    """The weights file for a bundled model name, or a path as given."""
+    bundled = bundled_models()
+    key = DEFAULT_MODEL if name_or_path is None else str(name_or_path)
+    if key in bundled:
+        return bundled[key]
+    path = Path(key)
+    if path.suffix or path.exists():
+        return path
+    known = ", ".join(sorted(bundled)) or "none"
+    raise WeightsError(f"no bundled model named {key!r} (bundled: {known}); or give a weights file path")
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """``None``/``"auto"``: CUDA when present, else the CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _ramp(length: int, overlap: int) -> torch.Tensor:
+    """Blending weights along one tile side: rising over ``overlap`` pixels at both ends."""
+    weights = torch.ones(length)
+    if overlap > 0:
+        rise = torch.arange(1, overlap + 1, dtype=torch.float32) / (overlap + 1)
+        n = min(overlap, length)
+        weights[:n] = torch.minimum(weights[:n], rise[:n])
+        weights[-n:] = torch.minimum(weights[-n:], rise[:n].flip(0))
+    return weights
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of size ``tile`` covering ``length`` with at least ``overlap``."""
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return starts
+
+
+def enhance_tiled(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor,
+    tile: int,
+    overlap: int = DEFAULT_OVERLAP,
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Apply ``fn`` to overlapping ``tile`` x ``tile`` crops of a (1, C, H, W) image and blend.
+
+    Each output pixel is the weighted mean of the tiles covering it, with weights that fall
+    linearly to the tile edges, so no seam shows. Memory is bounded by one tile's activations
+    plus the output. ``progress(done, total)`` is called after each tile.
+    """
+    if overlap * 2 >= tile:
+        raise ValueError(f"overlap {overlap} must be less than half the tile size {tile}")
+    _, channels, height, width = image.shape
+    out = torch.zeros((1, channels, height, width), dtype=torch.float32)
+    weight_sum = torch.zeros((1, 1, height, width), dtype=torch.float32)
+    rows, cols = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
+    total, done = len(rows) * len(cols), 0
+    for top in rows:
+        for left in cols:
+            crop = image[..., top : top + tile, left : left + tile]
+            result = fn(crop).float().cpu()
+            h, w = result.shape[-2:]
+            weight = (
+                _ramp(h, overlap if height > tile else 0)[:, None]
+                * _ramp(w, overlap if width > tile else 0)[None, :]
+            )
+            out[..., top : top + h, left : left + w] += result * weight
+            weight_sum[..., top : top + h, left : left + w] += weight
+            done += 1
+            if progress:
+                progress(done, total)
+    return out / weight_sum
+
+
+class Enhancer:
+    """A trained model ready to enhance photos.
+
+    Args:
+        model: the network.
+        info: what was loaded (``name``, ``arch``, ``weights``).
+        device: where to run (``"cpu"``, ``"cuda"``, ``None`` for the best available).
+        precision: ``"fp32"`` (the reference) or ``"bf16"`` (autocast; faster on CPUs with
+            AVX-512 bf16 and on GPUs).
+        tile: tile size for large photos; ``None`` tiles automatically above
+            :data:`AUTO_TILE_PIXELS`, ``0`` never tiles.
+        overlap: overlap between tiles, in pixels.
+    """
+
+    def __init__(
+        self,
+        model: MIRNet,
+        info: dict[str, Any] | None = None,
+        device: str | torch.device | None = None,
+        precision: str = "fp32",
+        tile: int | None = None,
+        overlap: int = DEFAULT_OVERLAP,
+    ):
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
+        self.device = pick_device(device)
+        self.model = model.eval().to(self.device)
+        self.info = info or {}
+        self.precision = precision
+        self.tile = tile
+        self.overlap = overlap
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            return self.model(batch).float().clamp(0.0, 1.0)
+
+    def tile_for(self, height: int, width: int) -> int:
+        """The tile size used for a photo of this size (0 = whole photo at once)."""
+        if self.tile is not None:
+            return self.tile if self.tile and max(height, width) > self.tile else 0
+        return DEFAULT_TILE if height * width > AUTO_TILE_PIXELS else 0
+
+    @torch.inference_mode()
+    def enhance_tensor(
+        self, image: torch.Tensor, progress: Callable[[int, int], None] | None = None
+    ) -> torch.Tensor:
+        """Enhance a (3, H, W) or (N, 3, H, W) float tensor in [0, 1]; same shape back, on CPU."""
+        single = image.dim() == 3
+        batch = image.unsqueeze(0) if single else image
+        if batch.dim() != 4 or batch.shape[1] != 3:
+            raise ValueError(f"expected a (3, H, W) or (N, 3, H, W) tensor, got {tuple(image.shape)}")
+        batch = batch.float()
+        tile = self.tile_for(*batch.shape[-2:])
+        if tile:
+            out = torch.cat(
+                [enhance_tiled(self._forward, b[None], tile, self.overlap, progress) for b in batch]
+            )
+        else:
+            out = self._forward(batch).cpu()
+        return out[0] if single else out
+
+    def enhance(self, image: ImageLike) -> ImageLike:
+        """Enhance a PIL image, a NumPy array or a tensor, returning the same kind.
+
+        * PIL: any mode in, RGB out.
+        * NumPy: (H, W, 3) or (H, W) arrays of uint8, uint16 or floats in [0, 1]; returns
+          (H, W, 3) of the same dtype.
+        * torch: (3, H, W) or (N, 3, H, W) floats in [0, 1]; returns the same shape.
+        """
+        if isinstance(image, torch.Tensor):
+            return self.enhance_tensor(image)
+        if isinstance(image, Image.Image):
+            rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+            out = self.enhance_tensor(torch.from_numpy(rgb.transpose(2, 0, 1).copy()))
+            return Image.fromarray(_to_dtype(out, np.uint8))
+        if isinstance(image, np.ndarray):
+            return _to_dtype(self.enhance_tensor(_array_to_tensor(image)), image.dtype)
+        raise TypeError(f"enhance takes a PIL image, a NumPy array or a tensor, not {type(image).__name__}")
+
+    __call__ = enhance
+
+
+def _array_to_tensor(array: np.ndarray) -> torch.Tensor:
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise ValueError(f"expected an (H, W, 3) or (H, W) array, got shape {array.shape}")
+    array = array[..., :3]
+    if array.dtype == np.uint8:
+        data = array.astype(np.float32) / 255.0
+    elif array.dtype == np.uint16:
+        data = array.astype(np.float32) / 65535.0
+    elif np.issubdtype(array.dtype, np.floating):
+        data = array.astype(np.float32)
+        if data.min() < 0 or data.max() > 1:
+            raise ValueError("float arrays must hold values in [0, 1]")
+    else:
+        raise ValueError(f"unsupported array dtype {array.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(data.transpose(2, 0, 1)))
+
+
+def _to_dtype(tensor: torch.Tensor, dtype: np.dtype) -> np.ndarray:
+    if dtype in (np.uint8, np.uint16):
+        return to_uint(tensor, 8 if dtype == np.uint8 else 16)
+    return np.ascontiguousarray(tensor.numpy().transpose(1, 2, 0).astype(dtype))
+
+
+def load_model(
+    name_or_path: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    precision: str = "fp32",
+    tile: int | None = None,
+    overlap: int = DEFAULT_OVERLAP,
+) -> Enhancer:
+    """Load a bundled model by name (``None``: the default) or a weights file by path.
+
+    >>> enhancer = mirnet.load_model()
+    >>> bright = enhancer.enhance(PIL.Image.open("dark.jpg"))
+    """
+    path = resolve_weights(name_or_path)
+    model, info = load_weights(path)
+    info["weights"] = str(path)
+    return Enhancer(model, info, device=device, precision=precision, tile=tile, overlap=overlap)

@@ -1,0 +1,159 @@
+"""Reading and writing images.
+
+Every image comes in as a float32 RGB tensor (3, H, W) in [0, 1], whatever its file kind
+(PNG, JPEG, TIFF, WebP, BMP), bit depth (8 or 16), or mode (grayscale, RGBA, palette,
+CMYK), and upright according to its EXIF orientation. Outputs are written atomically: to a
+temporary file in the target folder, renamed into place once complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import png
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
+
+# Pillow's decompression-bomb guard stays on: a file claiming more than twice
+# Image.MAX_IMAGE_PIXELS (179 megapixels) is refused before any pixel is decoded.
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
+
+    Readers see the old file or the complete new one, never a half-written one, even if the
+    process is killed mid-write. On error the temporary file is removed.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class ImageReadError(ValueError):
+    """An input file that cannot be read as an image. The message names the file."""
+
+
+def is_image_path(path: Path) -> bool:
+    """Whether a path has one of the image suffixes we read."""
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _to_rgb_array(image: Image.Image) -> np.ndarray:
+    """Convert any Pillow mode to an (H, W, 3) float32 array in [0, 1]."""
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16-bit (or 32-bit integer) grayscale: keep the full precision.
+        data = np.asarray(image).astype(np.float32)
+        scale = 65535.0 if mode.startswith("I;16") or data.max(initial=0) > 255 else 255.0
+        gray = np.clip(data / scale, 0.0, 1.0)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode == "F":
+        gray = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
+        # Composite transparent pixels over black: the "nothing there" of a dark photo.
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, image)
+    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def _is_16bit_colour_png(path: Path) -> bool:
+    """Whether a file is a PNG with 16-bit colour samples (IHDR bit depth 16, colour type 2
+    or 6). Pillow decodes those to 8 bits, so we read them with pypng instead."""
+    with open(path, "rb") as handle:
+        header = handle.read(26)
+    return header[:8] == b"\x89PNG\r\n\x1a\n" and header[24] == 16 and header[25] in (2, 6)
+
+
+def _read_16bit_colour_png(path: Path) -> np.ndarray:
+    width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+    data = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
+    data = data.reshape(height, width, info["planes"])
+    rgb = data[..., :3].astype(np.float32) / 65535.0
+    if info["alpha"]:
+        rgb *= data[..., 3:4].astype(np.float32) / 65535.0  # over black, as for 8-bit RGBA
+    return rgb
+
+
+def read_image(path: str | os.PathLike) -> torch.Tensor:
+    """Read an image file as a float32 RGB tensor (3, H, W) in [0, 1].
+
+    Raises:
+        ImageReadError: the path is missing, not a file, unreadable, not an image, truncated,
+            or larger than Pillow's decompression-bomb limit. The message names the file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(f"{path}: no such file")
+    if path.is_dir():
+        raise ImageReadError(f"{path}: is a directory, not an image")
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            image.load()
+            array = _to_rgb_array(image)
+        if _is_16bit_colour_png(path):
+            # PNG has no EXIF orientation in practice; Pillow already validated the file.
+            array = _read_16bit_colour_png(path)
+    except Image.DecompressionBombError as err:
+        raise ImageReadError(f"{path}: refused, too many pixels ({err})") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{path}: not an image file Pillow can read") from None
+    except PermissionError:
+        raise ImageReadError(f"{path}: permission denied") from None
+    except (OSError, SyntaxError, ValueError, png.Error) as err:
+        raise ImageReadError(f"{path}: corrupt or truncated image ({err})") from None
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+
+
+def to_uint(tensor: torch.Tensor, bits: int = 8) -> np.ndarray:
+    """(3, H, W) float tensor in [0, 1] to an (H, W, 3) uint8 or uint16 array, rounded."""
+    if bits not in (8, 16):
+        raise ValueError(f"bits must be 8 or 16, not {bits}")
+    top = 255 if bits == 8 else 65535
+    array = tensor.detach().float().clamp(0, 1).cpu().numpy().transpose(1, 2, 0)
+    return np.round(array * top).astype(np.uint8 if bits == 8 else np.uint16)
+
+
+def write_image(path: str | os.PathLike, tensor: torch.Tensor, bits: int = 8) -> Path:
+    """Write a (3, H, W) tensor in [0, 1] as an image, atomically.
+
+    The format follows the suffix (PNG by default use); ``bits=16`` writes a 16-bit PNG.
+    The file appears complete or not at all: it is written to a temporary file in the same
+    folder and renamed into place.
+    """
+    path = Path(path)
+    if tensor.dim() != 3 or tensor.shape[0] != 3:
+        raise ValueError(f"expected a (3, H, W) tensor, got shape {tuple(tensor.shape)}")
+    array = to_uint(tensor, bits)
+    suffix = path.suffix.lower() or ".png"
+    if bits == 16 and suffix != ".png":
+        raise ValueError("16-bit output is written as PNG; use a .png path")
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        if bits == 16:
+            _write_png16(handle, array)
+        else:
+            fmt = Image.registered_extensions().get(suffix, "PNG")
+            Image.fromarray(array).save(handle, format=fmt)
+    return path
+
+
+def _write_png16(handle, array: np.ndarray) -> None:
+    """Pillow cannot write 16-bit RGB PNG; pypng can."""
+    height, width, _ = array.shape
+    png.Writer(width, height, greyscale=False, bitdepth=16).write(handle, array.reshape(height, -1))

@@ -1,0 +1,579 @@
+"""The training loop: ``mirnet train --config configs/NAME.yaml --data PATH``.
+
+One run directory holds everything a run makes::
+
+    RUN_DIR/config.yaml        the resolved configuration
+    RUN_DIR/split.json         which training pairs were held out for validation
+    RUN_DIR/last.pt, best.pt   resumable checkpoints (model, optimizer, scheduler, position)
+    RUN_DIR/log.csv            one row per epoch; curves.png plots it
+    RUN_DIR/model.safetensors  the best weights (by validation PSNR), and model.json, its card
+
+Validation pairs are held out of the *training* pairs by the seed; test pairs are never read.
+
+Resuming is exact: every random choice (the epoch's shuffle, each sample's crop and flip,
+MixUp) is a pure function of (seed, epoch, position), so a run stopped after any step and
+resumed with ``--resume`` ends with the same weights as one that never stopped (on the same
+device and thread count). Under ``torchrun`` the same loop runs DistributedDataParallel; see
+:func:`setup_distributed`.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+import mirnet
+from mirnet.archs import MIRNet, count_parameters
+from mirnet.data import PairedPatchDataset, find_pairs, load_pair, sample_seed, split_validation
+from mirnet.io import atomic_path
+from mirnet.losses import EnhancementLoss
+from mirnet.metrics import psnr_per_image, ssim_per_image
+from mirnet.weights import arch_config, save_weights
+
+DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "model": {"name": "tiny"},  # plus any MIRNet argument as an override
+    "data": {
+        "patch_size": 128,
+        "repeat": 1,  # visits of each training pair per epoch
+        "validation_pairs": 20,
+        "mixup_alpha": 0.0,  # 0 disables MixUp; Beta(alpha, alpha) mixing weights otherwise
+    },
+    "loss": {"charbonnier": 1.0, "ssim": 0.0, "eps": 1e-3},
+    "train": {
+        "batch_size": 8,  # per process; the effective batch is this times the world size
+        "epochs": 100,
+        "max_steps": None,  # stop early after this many optimizer steps in total
+        "lr": 2e-4,
+        "betas": [0.9, 0.999],
+        "weight_decay": 0.0,
+        "plateau_factor": 0.5,
+        "plateau_patience": 5,
+        "min_lr": 1e-6,
+        "grad_clip": 0.0,  # max gradient norm; 0 disables clipping
+        "precision": "auto",  # auto: bf16/fp16 AMP on CUDA, fp32 on CPU; or fp32, bf16, fp16
+        "checkpoint_every": 100,  # steps between last.pt saves, besides every epoch end
+        "validate_every": 1,  # epochs
+        "tensorboard": False,
+    },
+}
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the run stops without writing broken weights."""
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``base`` with ``update`` merged in, recursively for nested dicts."""
+    merged = copy.deepcopy(base)
+    for key, value in (update or {}).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML experiment file and fill in the defaults."""
+    with open(path) as handle:
+        config = yaml.safe_load(handle) or {}
+    unknown = config.keys() - DEFAULTS.keys() - {"name", "description"}
+    if unknown:
+        raise ValueError(f"{path}: unknown top-level keys {sorted(unknown)}")
+    return deep_merge(DEFAULTS, config)
+
+
+@dataclass
+class DistributedContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> DistributedContext:
+    """Join the process group when started by ``torchrun`` (WORLD_SIZE > 1).
+
+    NCCL on CUDA, gloo on CPU. Each process trains on its own shard of every epoch; DDP
+    averages the gradients, so the effective batch is ``batch_size * world_size``.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistributedContext()
+    context = DistributedContext(
+        rank=int(os.environ["RANK"]), world_size=world_size, local_rank=int(os.environ.get("LOCAL_RANK", 0))
+    )
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(context.local_rank)
+        dist.init_process_group(backend=backend)
+    return context
+
+
+def pick_device(context: DistributedContext) -> torch.device:
+    """CUDA (this process's GPU under torchrun) when present, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", context.local_rank)
+    return torch.device("cpu")
+
+
+def autocast_settings(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None for fp32, whether a gradient scaler is needed)."""
+    if precision == "auto":
+        if device.type == "cuda":
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            precision = "fp32"
+    if precision == "fp32":
+        return None, False
+    if precision == "bf16":
+        return torch.bfloat16, False
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise ValueError("fp16 training needs CUDA; use bf16 or fp32 on the CPU")
+        return torch.float16, True
+    raise ValueError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+@torch.inference_mode()
+def validate(
+    model: torch.nn.Module, pairs, device: torch.device, dtype: torch.dtype | None, progress: bool = False
+) -> dict[str, float]:
+    """Mean PSNR and SSIM of the model on whole validation images."""
+    model.eval()
+    psnrs, ssims = [], []
+    for pair in tqdm(pairs, desc="validating", unit="img", leave=False, disable=not progress):
+        low, high = load_pair(pair)
+        with _autocast(device, dtype):
+            out = model(low.unsqueeze(0).to(device))
+        out = out.float().clamp(0, 1).cpu()
+        psnrs.append(float(psnr_per_image(out, high.unsqueeze(0))[0]))
+        ssims.append(float(ssim_per_image(out, high.unsqueeze(0))[0]))
+    model.train()
+    return {"psnr": sum(psnrs) / len(psnrs), "ssim": sum(ssims) / len(ssims)}
+
+
+def mixup(
+    low: torch.Tensor, high: torch.Tensor, alpha: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blend each pair with another pair of the batch by a Beta(alpha, alpha) weight."""
+    rng = np.random.default_rng(seed)
+    lam = float(rng.beta(alpha, alpha))
+    perm = torch.from_numpy(rng.permutation(low.shape[0]))
+    return lam * low + (1 - lam) * low[perm], lam * high + (1 - lam) * high[perm]
+
+
+class _StopRequested:
+    """Turns SIGINT/SIGTERM into a flag so the loop can save a checkpoint and exit."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, _frame):
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Trainer:
+    """Holds a run's model, optimizer and position; :meth:`fit` runs it."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        data_root: str | os.PathLike,
+        run_dir: str | os.PathLike,
+        resume: bool = False,
+        progress: bool = True,
+        command: str | None = None,
+    ):
+        self.config = config
+        self.data_root = Path(data_root)
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.command = command or " ".join(sys.argv)
+        self.dist = setup_distributed()
+        self.device = pick_device(self.dist)
+        train_cfg = config["train"]
+        self.dtype, needs_scaler = autocast_settings(train_cfg["precision"], self.device)
+        self.scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
+        seed = config["seed"]
+        torch.manual_seed(seed)
+
+        model_cfg = dict(config["model"])
+        self.model_name = model_cfg.pop("name")
+        self.arch = arch_config(self.model_name, **model_cfg)
+        self.model = MIRNet(**self.arch).to(self.device)
+        self.ddp = (
+            DistributedDataParallel(
+                self.model, device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None
+            )
+            if self.dist.world_size > 1
+            else self.model
+        )
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(),
+            lr=train_cfg["lr"],
+            betas=tuple(train_cfg["betas"]),
+            weight_decay=train_cfg["weight_decay"],
+        )
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer,
+            mode="max",
+            factor=train_cfg["plateau_factor"],
+            patience=train_cfg["plateau_patience"],
+            min_lr=train_cfg["min_lr"],
+        )
+        loss_cfg = config["loss"]
+        self.loss_fn = EnhancementLoss(loss_cfg["charbonnier"], loss_cfg["ssim"], loss_cfg["eps"])
+        self.position = {
+            "epoch": 0,
+            "step_in_epoch": 0,
+            "global_step": 0,
+            "best_psnr": -math.inf,
+            "best_epoch": -1,
+        }
+
+        pairs = find_pairs(self.data_root, "train")
+        self.train_pairs, self.val_pairs = split_validation(pairs, config["data"]["validation_pairs"], seed)
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self._load_checkpoint(self.run_dir / "last.pt")
+        elif self.dist.is_main:
+            if (self.run_dir / "last.pt").exists():
+                raise FileExistsError(f"{self.run_dir} already holds a run; pass --resume or another --out")
+            self._write_run_files()
+        self.dataset = PairedPatchDataset(
+            self.train_pairs, config["data"]["patch_size"], config["data"]["repeat"], True, seed, progress
+        )
+        self.sampler = DistributedSampler(
+            self.dataset,
+            num_replicas=self.dist.world_size,
+            rank=self.dist.rank,
+            shuffle=True,
+            seed=seed,
+            drop_last=True,
+        )
+        self.writer = None
+        if train_cfg["tensorboard"] and self.dist.is_main:
+            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+
+            self.writer = SummaryWriter(self.run_dir / "tensorboard")
+
+    # -- files ---------------------------------------------------------------------------
+    def _write_run_files(self) -> None:
+        with atomic_path(self.run_dir / "config.yaml") as tmp:
+            tmp.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        split = {
+            "data": str(self.data_root),
+            "train": [p.name for p in self.train_pairs],
+            "validation": [p.name for p in self.val_pairs],
+        }
+        with atomic_path(self.run_dir / "split.json") as tmp:
+            tmp.write_text(json.dumps(split, indent=1))
+
+    def _checkpoint(self) -> dict[str, Any]:
+        return {
+            "name": self.model_name,
+            "arch": self.arch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "position": dict(self.position),
+            "world_size": self.dist.world_size,
+        }
+
+    def save_checkpoint(self, name: str = "last.pt") -> None:
+        """Write a resumable checkpoint atomically (rank 0 only)."""
+        if not self.dist.is_main:
+            return
+        with atomic_path(self.run_dir / name) as tmp:
+            torch.save(self._checkpoint(), tmp)
+
+    def _load_checkpoint(self, path: Path) -> None:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no checkpoint to resume from")
+        # weights_only: a checkpoint is data, never code.
+        checkpoint = torch.load(path, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        if self.scaler and checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        self.position = dict(checkpoint["position"])
+        saved_world = checkpoint.get("world_size", 1)
+        if saved_world != self.dist.world_size and self.position["step_in_epoch"]:
+            # Mid-epoch positions count batches of the old world size: restart the epoch.
+            self.position["step_in_epoch"] = 0
+
+    def _log_epoch(self, row: dict[str, Any]) -> None:
+        log = self.run_dir / "log.csv"
+        new = not log.exists()
+        with open(log, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        if self.writer:
+            for key, value in row.items():
+                if key != "epoch":
+                    self.writer.add_scalar(key, value, row["epoch"])
+        plot_curves(log, self.run_dir / "curves.png")
+
+    def export(self) -> Path:
+        """Write the best weights as model.safetensors with its model card model.json."""
+        best = self.run_dir / ("best.pt" if (self.run_dir / "best.pt").exists() else "last.pt")
+        checkpoint = torch.load(best, map_location="cpu", weights_only=True)
+        model = MIRNet(**self.arch)
+        model.load_state_dict(checkpoint["model"])
+        weights = save_weights(self.run_dir / "model.safetensors", model, self.model_name, self.arch)
+        position = checkpoint["position"]
+        card = {
+            "name": self.model_name,
+            "arch": self.arch,
+            "parameters": count_parameters(model),
+            "data": {
+                "root": str(self.data_root),
+                "train_pairs": len(self.train_pairs),
+                "validation_pairs": [p.name for p in self.val_pairs],
+            },
+            "epochs_trained": position["epoch"],
+            "steps_trained": position["global_step"],
+            "selected_by": "best validation PSNR",
+            "validation": {"psnr": position["best_psnr"], "epoch": position["best_epoch"]},
+            "config": self.config,
+            "command": self.command,
+            "mirnet_version": mirnet.__version__,
+            "torch_version": torch.__version__,
+        }
+        with atomic_path(self.run_dir / "model.json") as tmp:
+            tmp.write_text(json.dumps(card, indent=2))
+        return weights
+
+    # -- the loop ------------------------------------------------------------------------
+    def _batches(self, epoch: int) -> list[list[int]]:
+        self.sampler.set_epoch(epoch)
+        self.dataset.set_epoch(epoch)
+        indices = list(self.sampler)
+        size = self.config["train"]["batch_size"]
+        if len(indices) < size:
+            raise ValueError(
+                f"{len(self.train_pairs)} training pairs x repeat {self.dataset.repeat} give {len(indices)} "
+                f"samples per process, fewer than one batch of {size}: raise data.repeat or lower batch_size"
+            )
+        return [indices[i : i + size] for i in range(0, len(indices) - size + 1, size)]
+
+    def _step(self, batch: list[int], epoch: int, step: int) -> float:
+        samples = [self.dataset[i] for i in batch]
+        low = torch.stack([s[0] for s in samples])
+        high = torch.stack([s[1] for s in samples])
+        alpha = self.config["data"]["mixup_alpha"]
+        if alpha > 0:
+            low, high = mixup(low, high, alpha, sample_seed(self.config["seed"], epoch, -1 - step))
+        low, high = low.to(self.device, non_blocking=True), high.to(self.device, non_blocking=True)
+        with _autocast(self.device, self.dtype):
+            out = self.ddp(low)
+        loss = self.loss_fn(out.float(), high)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"loss became {float(loss.detach())} at epoch {epoch}, step {step}; stopping without "
+                "saving. Lower the learning rate or use fp32, and resume from last.pt."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        clip = self.config["train"]["grad_clip"]
+        if self.scaler:
+            self.scaler.scale(loss).backward()
+            if clip:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.optimizer.step()
+        return float(loss.detach())
+
+    def _mean_across_ranks(self, value: float) -> float:
+        if self.dist.world_size == 1:
+            return value
+        tensor = torch.tensor([value], device=self.device, dtype=torch.float64)
+        dist.all_reduce(tensor)
+        return float(tensor) / self.dist.world_size
+
+    def _broadcast(self, values: list[float]) -> list[float]:
+        if self.dist.world_size == 1:
+            return values
+        tensor = torch.tensor(values, device=self.device, dtype=torch.float64)
+        dist.broadcast(tensor, src=0)
+        return tensor.tolist()
+
+    def fit(self) -> Path | None:
+        """Train until the configured epochs or steps, or a stop signal.
+
+        Returns the exported weights, or None when stopped early by a signal (a resumable
+        checkpoint is saved first).
+        """
+        cfg = self.config["train"]
+        max_steps = cfg["max_steps"]
+        self.model.train()
+        with _StopRequested() as stop:
+            for epoch in range(self.position["epoch"], cfg["epochs"]):
+                batches = self._batches(epoch)
+                start = self.position["step_in_epoch"]
+                losses: list[float] = []
+                began = time.perf_counter()
+                bar = tqdm(
+                    total=len(batches),
+                    initial=start,
+                    desc=f"epoch {epoch + 1}/{cfg['epochs']}",
+                    unit="step",
+                    disable=not (self.progress and self.dist.is_main),
+                    leave=False,
+                )
+                for step in range(start, len(batches)):
+                    losses.append(self._step(batches[step], epoch, step))
+                    self.position["step_in_epoch"] = step + 1
+                    self.position["global_step"] += 1
+                    bar.update()
+                    bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                    done = max_steps is not None and self.position["global_step"] >= max_steps
+                    if (
+                        stop.signal is not None
+                        or done
+                        or self.position["global_step"] % cfg["checkpoint_every"] == 0
+                    ):
+                        self.save_checkpoint()
+                    if stop.signal is not None:
+                        bar.close()
+                        if self.dist.is_main:
+                            print(f"stopped by signal {stop.signal}; resume with --resume", file=sys.stderr)
+                        return None
+                    if done:
+                        bar.close()
+                        return self.export() if self.dist.is_main else None
+                bar.close()
+                self._end_epoch(epoch, losses, time.perf_counter() - began)
+        return self.export() if self.dist.is_main else None
+
+    def _end_epoch(self, epoch: int, losses: list[float], seconds: float) -> None:
+        cfg = self.config["train"]
+        mean_loss = self._mean_across_ranks(sum(losses) / max(len(losses), 1))
+        self.position.update(epoch=epoch + 1, step_in_epoch=0)
+        validate_now = self.val_pairs and (
+            (epoch + 1) % cfg["validate_every"] == 0 or epoch + 1 == cfg["epochs"]
+        )
+        scores = {"psnr": math.nan, "ssim": math.nan}
+        if validate_now:
+            if self.dist.is_main:
+                scores = validate(self.model, self.val_pairs, self.device, self.dtype)
+            scores["psnr"], scores["ssim"] = self._broadcast([scores["psnr"], scores["ssim"]])
+            # Every rank steps its scheduler on the same number, so learning rates agree.
+            self.scheduler.step(scores["psnr"])
+            if scores["psnr"] > self.position["best_psnr"]:
+                self.position.update(best_psnr=scores["psnr"], best_epoch=epoch + 1)
+                self.save_checkpoint("best.pt")
+        self.save_checkpoint()
+        if self.dist.is_main:
+            self._log_epoch(
+                {
+                    "epoch": epoch + 1,
+                    "step": self.position["global_step"],
+                    "train_loss": round(mean_loss, 6),
+                    "val_psnr": round(scores["psnr"], 4),
+                    "val_ssim": round(scores["ssim"], 5),
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "seconds": round(seconds, 1),
+                }
+            )
+            tqdm.write(
+                f"epoch {epoch + 1}: loss {mean_loss:.4f}  val PSNR {scores['psnr']:.2f} dB  "
+                f"SSIM {scores['ssim']:.4f}  lr {self.optimizer.param_groups[0]['lr']:.2e}  ({seconds:.0f} s)"
+            )
+
+
+def plot_curves(log_csv: Path, out_png: Path) -> None:
+    """Plot training loss and validation PSNR per epoch from a run's log.csv."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(log_csv) as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        return
+    epochs = [int(r["epoch"]) for r in rows]
+    fig, (ax_loss, ax_psnr) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax_loss.plot(epochs, [float(r["train_loss"]) for r in rows])
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="Training loss")
+    ax_psnr.plot(epochs, [float(r["val_psnr"]) for r in rows], color="tab:orange")
+    ax_psnr.set(xlabel="epoch", ylabel="PSNR (dB)", title="Validation PSNR")
+    for ax in (ax_loss, ax_psnr):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def train(
+    config: dict[str, Any] | str | os.PathLike,
+    data_root: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    resume: bool = False,
+    progress: bool = True,
+    command: str | None = None,
+) -> Path | None:
+    """Train a model as a config describes; returns the exported weights (see :class:`Trainer`)."""
+    if not isinstance(config, dict):
+        config = load_config(config)
+    else:
+        config = deep_merge(DEFAULTS, config)
+    trainer = Trainer(config, data_root, run_dir, resume=resume, progress=progress, command=command)
+    try:
+        return trainer.fit()
+    finally:
+        if trainer.writer:
+            trainer.writer.close()

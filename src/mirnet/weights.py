@@ -1,0 +1,126 @@
+"""Model weights as safetensors files that carry their own configuration.
+
+A weights file stores the network's tensors plus, in the safetensors metadata, the
+architecture arguments (``mirnet.arch``) and the configuration name (``mirnet.name``), so
+that a file alone rebuilds its model. Loading never unpickles anything. PyTorch training
+checkpoints (``.pt``/``.pth``) are read with ``torch.load(weights_only=True)``, which
+refuses arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from mirnet.archs import MODEL_CONFIGS, MIRNet
+from mirnet.io import atomic_path
+
+
+class WeightsError(ValueError):
+    """A weights file that is missing, unsafe, corrupt, or does not fit the model."""
+
+
+def arch_config(name: str, **overrides: Any) -> dict[str, Any]:
+    """The full MIRNet arguments of a named configuration with overrides applied."""
+    if name not in MODEL_CONFIGS:
+        raise WeightsError(f"unknown model configuration {name!r}; choose from {', '.join(MODEL_CONFIGS)}")
+    return {**MODEL_CONFIGS[name], **overrides}
+
+
+def save_weights(path: str | os.PathLike, model: MIRNet, name: str, arch: dict[str, Any]) -> Path:
+    """Write a model's weights and configuration to a safetensors file, atomically."""
+    path = Path(path)
+    tensors = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    metadata = {"format": "pt", "mirnet.name": name, "mirnet.arch": json.dumps(arch, sort_keys=True)}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return path
+
+
+def _guess_configuration(state: dict[str, torch.Tensor]) -> str:
+    """Name the built-in configurations whose tensor shapes match a state dict."""
+    matches = []
+    for name, config in MODEL_CONFIGS.items():
+        expected = {k: v.shape for k, v in MIRNet(**config).state_dict().items()}
+        if expected == {k: v.shape for k, v in state.items()}:
+            matches.append(name)
+    if matches:
+        return f"its shapes fit the {' / '.join(repr(m) for m in matches)} configuration"
+    return "its shapes fit none of the built-in configurations"
+
+
+def load_state_into(model: MIRNet, state: dict[str, torch.Tensor], source: str) -> MIRNet:
+    """Load a state dict, explaining a mismatch instead of listing hundreds of keys."""
+    expected = model.state_dict()
+    missing = expected.keys() - state.keys()
+    unexpected = state.keys() - expected.keys()
+    wrong = [k for k in expected.keys() & state.keys() if expected[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        raise WeightsError(
+            f"{source}: does not fit this model ({len(missing)} missing, {len(unexpected)} "
+            f"unexpected, {len(wrong)} mis-shaped tensors); {_guess_configuration(state)}"
+        )
+    model.load_state_dict(state)
+    return model
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such weights file")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise WeightsError(f"{path}: not a readable safetensors file ({err})") from None
+    return tensors, metadata
+
+
+def load_weights(path: str | os.PathLike, name: str | None = None) -> tuple[MIRNet, dict[str, Any]]:
+    """Build a model from a weights file.
+
+    ``.safetensors`` files rebuild the configuration stored in them (or ``name``, if given).
+    ``.pt``/``.pth`` files (our training checkpoints, or a bare state dict) are read with
+    ``weights_only=True`` and need ``name`` unless they are our checkpoints.
+
+    Returns:
+        (model in eval mode, info) where info has ``name`` and ``arch``.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        state, metadata = read_safetensors(path)
+        stored_name = metadata.get("mirnet.name")
+        arch = json.loads(metadata["mirnet.arch"]) if "mirnet.arch" in metadata else None
+    elif suffix in (".pt", ".pth", ".ckpt"):
+        if not path.is_file():
+            raise WeightsError(f"{path}: no such weights file")
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises UnpicklingError and friends
+            raise WeightsError(
+                f"{path}: refused or unreadable as a weights-only PyTorch file ({err}). "
+                "Only tensors and plain containers are loaded, never arbitrary pickled code; "
+                "convert trusted files to .safetensors."
+            ) from None
+        if isinstance(checkpoint, dict) and "model" in checkpoint and "arch" in checkpoint:
+            state, stored_name, arch = checkpoint["model"], checkpoint.get("name"), checkpoint["arch"]
+        else:
+            state, stored_name, arch = checkpoint, None, None
+    else:
+        raise WeightsError(f"{path}: unknown weights format; use .safetensors (or .pt/.pth)")
+    if name is not None:
+        arch = arch_config(name) if arch is None or stored_name != name else arch
+        stored_name = name
+    if arch is None:
+        raise WeightsError(f"{path}: carries no configuration; name one ({_guess_configuration(state)})")
+    model = load_state_into(MIRNet(**arch), state, str(path))
+    return model.eval(), {"name": stored_name or "custom", "arch": arch}

@@ -1,0 +1,63 @@
+"""Shared fixtures: small images and datasets the tests make themselves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def smooth_image(seed: int, height: int = 48, width: int = 64) -> np.ndarray:
+    """A smooth, colourful (H, W, 3) uint8 image: gradients plus blobs."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / max(height, width)
+    channels = []
+    for _ in range(3):
+        a, b, c = rng.uniform(-1, 1, 3)
+        channels.append(
+            0.5 + 0.3 * np.sin(3 * a * x + 4 * b * y + c) + 0.1 * rng.standard_normal((height, width))
+        )
+    return (np.clip(np.stack(channels, -1), 0, 1) * 255).round().astype(np.uint8)
+
+
+def darken(image: np.ndarray, factor: float = 0.15, seed: int = 0) -> np.ndarray:
+    """A low-light version: scaled down, gamma'd, with a little noise."""
+    rng = np.random.default_rng(seed)
+    dark = (image / 255.0) ** 1.3 * factor + rng.normal(0, 0.01, image.shape)
+    return (np.clip(dark, 0, 1) * 255).round().astype(np.uint8)
+
+
+def make_pairs(
+    root: Path,
+    split: str,
+    count: int,
+    low_name="low",
+    high_name="high",
+    size=(48, 64),
+    low_fmt="{i}.png",
+    high_fmt="{i}.png",
+    offset: int = 0,
+) -> Path:
+    """Write ``count`` synthetic low/high pairs under root/split/{low,high}."""
+    low_dir, high_dir = root / split / low_name, root / split / high_name
+    low_dir.mkdir(parents=True, exist_ok=True)
+    high_dir.mkdir(parents=True, exist_ok=True)
+    for i in range(1, count + 1):
+        high = smooth_image(offset + i, *size)
+        Image.fromarray(high).save(high_dir / high_fmt.format(i=i))
+        Image.fromarray(darken(high, seed=i)).save(low_dir / low_fmt.format(i=i))
+    return root
+
+
+@pytest.fixture
+def paired_dataset(tmp_path: Path) -> Path:
+    """A real_pairs-like dataset: 10 train and 3 test synthetic pairs of 48x64."""
+    root = tmp_path / "pairs"
+    make_pairs(root, "train", 10)
+    make_pairs(root, "test", 3, offset=100)
+    return root

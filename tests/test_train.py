@@ -1,0 +1,92 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mirnet.cli import main
+from mirnet.train import DEFAULTS, Trainer, TrainingDiverged, deep_merge, load_config, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config(**train_overrides):
+    config = load_config(ROOT / "configs" / "smoke.yaml")
+    config["train"].update(train_overrides)
+    return config
+
+
+def test_smoke_train_resume_export_evaluate(paired_dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    # Start, stop after 3 steps (as an interruption would), then resume to the end.
+    assert train(_config(max_steps=3), paired_dataset, run, progress=False) is not None
+    first = torch.load(run / "last.pt", weights_only=True)["position"]
+    assert first["global_step"] == 3
+    weights = train(_config(), paired_dataset, run, resume=True, progress=False)
+    assert weights == run / "model.safetensors"
+    position = torch.load(run / "last.pt", weights_only=True)["position"]
+    assert position["epoch"] == 2 and position["global_step"] == 8  # 8 train pairs, batch 2, 2 epochs
+
+    card = json.loads((run / "model.json").read_text())
+    assert card["name"] == "nano" and card["validation"]["psnr"] > 0
+    assert len(card["data"]["validation_pairs"]) == 2
+    split = json.loads((run / "split.json").read_text())
+    assert not set(split["validation"]) & set(split["train"])
+    log = (run / "log.csv").read_text().splitlines()
+    assert log[0].startswith("epoch,step,train_loss,val_psnr") and len(log) == 3
+    assert (run / "curves.png").stat().st_size > 0
+    assert set(load_file(run / "model.safetensors"))  # plain tensors, no pickle
+
+    out = tmp_path / "eval"
+    assert (
+        main(["evaluate", "--weights", str(weights), "--data", str(paired_dataset), "--out", str(out), "-q"])
+        == 0
+    )
+    results = json.loads((out / "results.json").read_text())
+    assert "MIRNet nano" in results["mean"] and "CLAHE" in results["mean"]
+    assert results["mean"]["MIRNet nano"]["images"] == 3
+    assert (out / "comparison.png").exists() and "| MIRNet nano |" in (out / "results.md").read_text()
+    assert "PSNR" in capsys.readouterr().out
+
+
+def test_interrupted_and_resumed_run_matches_uninterrupted(paired_dataset, tmp_path):
+    straight = train(_config(), paired_dataset, tmp_path / "a", progress=False)
+    train(_config(max_steps=5), paired_dataset, tmp_path / "b", progress=False)  # stops mid-epoch 2
+    resumed = train(_config(), paired_dataset, tmp_path / "b", resume=True, progress=False)
+    a, b = load_file(straight), load_file(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert (tmp_path / "a" / "log.csv").read_text() != ""
+
+
+def test_refuses_to_overwrite_a_run_without_resume(paired_dataset, tmp_path):
+    train(_config(max_steps=1), paired_dataset, tmp_path / "run", progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(_config(max_steps=1), paired_dataset, tmp_path / "run", progress=False)
+
+
+def test_nan_loss_stops_without_writing_weights(paired_dataset, tmp_path):
+    trainer = Trainer(deep_merge(DEFAULTS, _config()), paired_dataset, tmp_path / "run", progress=False)
+    with torch.no_grad():
+        trainer.model.conv_out.weight.fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match="nan"):
+        trainer.fit()
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_test_pairs_are_never_read(paired_dataset, tmp_path, monkeypatch):
+    import mirnet.data as data
+
+    read = []
+    original = data.read_image
+    monkeypatch.setattr(data, "read_image", lambda p: read.append(Path(p)) or original(p))
+    train(_config(max_steps=2), paired_dataset, tmp_path / "run", progress=False)
+    assert read and all("test" not in p.parts for p in read)
+
+
+def test_unknown_config_keys_are_refused(tmp_path):
+    (tmp_path / "bad.yaml").write_text("modle: {name: nano}\n")
+    with pytest.raises(ValueError, match="modle"):
+        load_config(tmp_path / "bad.yaml")
