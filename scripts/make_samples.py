@@ -15,7 +15,7 @@ from PIL import Image
 from skimage import data
 
 SAMPLES = {"astronaut": 0.06, "coffee": 0.05, "chelsea": 0.07, "rocket": 0.08}
-FULL_WELL = 400.0  # photo-electrons at white: few, as in a small sensor in dim light
+FULL_WELL = 2000.0  # photo-electrons at white before the exposure drop
 READ_NOISE = 1.5  # electrons
 
 

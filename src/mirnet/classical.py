@@ -10,10 +10,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from skimage import exposure
+from skimage import color, exposure
 
 from mirnet.io import to_uint
-from mirnet.metrics import gray_mean
 
 
 def _numpy(image: torch.Tensor) -> np.ndarray:
@@ -35,9 +34,10 @@ def autocontrast(image: torch.Tensor) -> torch.Tensor:
 
 
 def histogram_equalisation(image: torch.Tensor) -> torch.Tensor:
-    """Global histogram equalisation of each channel (scikit-image ``equalize_hist``)."""
-    array = _numpy(image)
-    return _tensor(np.stack([exposure.equalize_hist(array[..., c]) for c in range(3)], axis=-1))
+    """Global histogram equalisation with one histogram over all three channels
+    (scikit-image ``equalize_hist`` of the RGB array), which keeps the colour balance that
+    equalising each channel separately would break."""
+    return _tensor(exposure.equalize_hist(_numpy(image)))
 
 
 def clahe(image: torch.Tensor) -> torch.Tensor:
@@ -49,7 +49,7 @@ def clahe(image: torch.Tensor) -> torch.Tensor:
 def gamma_to_mean(image: torch.Tensor, target: float = 0.45) -> torch.Tensor:
     """Gamma correction with the exponent that maps the mean luminance to ``target``
     (scikit-image ``adjust_gamma``)."""
-    mean = float(gray_mean(image[None].double())[0])
+    mean = float(color.rgb2gray(_numpy(image)).mean())
     gamma = float(np.log(target) / np.log(min(max(mean, 1e-4), 0.999)))
     return _tensor(exposure.adjust_gamma(_numpy(image), gamma))
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
+import warnings
 from pathlib import Path
 
 import mirnet
+from mirnet.serve import add_serve_parser
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -32,19 +35,30 @@ def _report(command: str, path, message: str) -> None:
 
 
 def _enhance(args: argparse.Namespace) -> int:
+    from PIL.Image import DecompressionBombWarning
+
     from mirnet.enhance import collect_inputs, enhance_files, plan_outputs
     from mirnet.inference import load_model
 
     out_dir = Path(args.output) if args.output else None
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # a file in the way, a read-only disk: nothing could be written
+            _report("enhance", out_dir, f"cannot create the output folder ({err.strerror or err})")
+            return 1
     inputs, failures = collect_inputs(args.inputs)
     plan, refused = plan_outputs(inputs, out_dir)
     failures += refused
     for failure in failures:
         _report("enhance", failure.input, failure.error)
     enhancer = load_model(
-        args.weights or args.model, device=args.device, precision=args.precision, tile=args.tile
+        args.weights or args.model,
+        device=args.device,
+        precision=args.precision,
+        tile=args.tile,
+        backend=args.backend,
+        compile=args.compile,
     )
 
     def show(outcome) -> None:
@@ -53,7 +67,14 @@ def _enhance(args: argparse.Namespace) -> int:
         elif args.verbose:
             print(f"{outcome.input} -> {outcome.output}", file=sys.stderr)
 
-    outcomes = enhance_files(plan, enhancer, bits=args.bits, progress=not args.quiet, on_outcome=show)
+    # 0 (or less) lifts the limit; otherwise photos above it fail before being decoded.
+    max_pixels = round(args.max_megapixels * 1e6) if args.max_megapixels > 0 else None
+    # --max-megapixels is the limit here: Pillow's "could be a decompression bomb" warning
+    # would only add a two-line aside to the one-line error, or warn about an accepted photo.
+    warnings.filterwarnings("ignore", category=DecompressionBombWarning)
+    outcomes = enhance_files(
+        plan, enhancer, bits=args.bits, progress=not args.quiet, on_outcome=show, max_pixels=max_pixels
+    )
     failed = len(failures) + sum(1 for o in outcomes if o.error)
     done = sum(1 for o in outcomes if o.output)
     if not args.quiet:
@@ -104,6 +125,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from mirnet.export import export_onnx
+    from mirnet.inference import resolve_weights
+    from mirnet.weights import load_weights
+
+    model, info = load_weights(resolve_weights(args.weights or args.model))
+    path = export_onnx(model, args.output, dynamo=args.dynamo)
+    print(f"wrote {path} ({info['name']}; input 'image' (N, 3, H, W) in [0, 1], output 'enhanced')")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mirnet",
@@ -139,7 +171,25 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SIZE",
         help="process in SIZE x SIZE tiles (bounded memory); default: automatic for large photos, 0: never",
     )
+    enhance.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime"],
+        default="torch",
+        help="torch (default) or onnxruntime (CPU; exports the model to ONNX once and caches it)",
+    )
+    enhance.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model: faster per photo after a ~1 min compilation per photo size",
+    )
     enhance.add_argument("--bits", type=int, choices=[8, 16], default=8, help="PNG bit depth (default 8)")
+    enhance.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=100.0,
+        metavar="N",
+        help="refuse photos over N megapixels rather than run out of memory (default 100; 0: no limit)",
+    )
     enhance.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     enhance.add_argument(
         "-v", "--verbose", action="store_true", help="list each output; tracebacks on errors"
@@ -170,6 +220,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(func=_evaluate)
 
+    export = commands.add_parser(
+        "export",
+        help="export a model for deployment (ONNX)",
+        description="Export a model as ONNX with dynamic batch, height and width, for ONNX Runtime.",
+    )
+    source = export.add_mutually_exclusive_group()
+    source.add_argument("--model", help="bundled model name (default: the default model)")
+    source.add_argument("--weights", metavar="FILE", help="a .safetensors weights file")
+    export.add_argument("--format", choices=["onnx"], default="onnx", help="only onnx for now")
+    export.add_argument("--dynamo", action="store_true", help="use PyTorch's dynamo exporter (slower)")
+    export.add_argument("output", metavar="OUT.onnx")
+    export.set_defaults(func=_export)
+
     train = commands.add_parser(
         "train",
         help="train a model on paired low/normal-light images",
@@ -183,10 +246,31 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="run directory (default: runs/CONFIG_NAME)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     train.set_defaults(func=_train)
+
+    add_serve_parser(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``mirnet`` console script."""
+    """Entry point of the ``mirnet`` console script.
+
+    Expected failures (a bad image, dataset or weights file, a file-system error) are
+    reported as one line naming the file, with exit status 1; ``-v``/``--verbose``, where a
+    command has it, shows the traceback too. Ctrl-C exits with status 130.
+    """
+    from mirnet.data import PairedDataError
+    from mirnet.io import ImageReadError
+    from mirnet.weights import WeightsError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ImageReadError, PairedDataError, WeightsError, OSError) as err:
+        if getattr(args, "verbose", False):
+            traceback.print_exc()
+        print(f"mirnet {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        # Outputs are written atomically, so stopping leaves no half-written file behind.
+        print(f"mirnet {args.command}: interrupted", file=sys.stderr)
+        return 130

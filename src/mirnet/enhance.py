@@ -101,10 +101,12 @@ def enhance_files(
     bits: int = 8,
     progress: bool = True,
     on_outcome: Callable[[Outcome], None] | None = None,
+    max_pixels: int | None = None,
 ) -> list[Outcome]:
     """Enhance each (input, output) pair; returns one :class:`Outcome` per pair, in order.
 
     Reading the next input and writing finished outputs overlap with the model's work.
+    Inputs with more than ``max_pixels`` pixels fail with an error instead of being decoded.
     """
     outcomes: list[Outcome] = []
     if not plan:
@@ -112,11 +114,11 @@ def enhance_files(
     bar = tqdm(total=len(plan), unit="img", desc="enhancing", disable=not progress)
     began = time.perf_counter()
     with ThreadPoolExecutor(max_workers=2) as pool:
-        reads = [pool.submit(read_image, plan[0][0])]
+        reads = [pool.submit(read_image, plan[0][0], max_pixels)]
         writes: list[tuple[Outcome, Future]] = []
         for index, (source, target) in enumerate(plan):
             if index + 1 < len(plan):
-                reads.append(pool.submit(read_image, plan[index + 1][0]))
+                reads.append(pool.submit(read_image, plan[index + 1][0], max_pixels))
             outcome = Outcome(source)
             start = time.perf_counter()
             try:

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from mirnet.archs import MIRNet
+from mirnet.archs.mirnet_arch import GlobalAveragePool
 from mirnet.io import to_uint
 from mirnet.weights import WeightsError, load_weights
 
@@ -79,18 +80,65 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return starts
 
 
+class GlobalContext:
+    """Gives every tile of a photo the photo's global statistics.
+
+    MIRNet's attention units pool each feature map over the whole image, so a tile processed
+    alone sees its own statistics and comes out differently from the same region of the whole
+    photo. A first pass over the tiles (``record``) accumulates the pixel-weighted mean of
+    every pooling call; a second pass (``replay``) feeds those photo-wide means to every tile.
+    Pooling calls are told apart by module and call order (a unit shared across columns pools
+    twice per forward).
+    """
+
+    def __init__(self, model: MIRNet):
+        self.pools = [m for m in model.modules() if isinstance(m, GlobalAveragePool)]
+        self.sums: dict[tuple[int, int], torch.Tensor] = {}
+        self.counts: dict[tuple[int, int], int] = {}
+        self.calls: dict[int, int] = {}
+        self.replaying = False
+
+    def __enter__(self) -> GlobalContext:
+        for pool in self.pools:
+            pool.tap = self._tap
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for pool in self.pools:
+            pool.tap = None
+
+    def start_tile(self) -> None:
+        self.calls = {}
+
+    def replay(self) -> None:
+        self.replaying = True
+
+    def _tap(self, pool: GlobalAveragePool, x: torch.Tensor) -> torch.Tensor:
+        call = self.calls.get(id(pool), 0)
+        self.calls[id(pool)] = call + 1
+        key = (id(pool), call)
+        if self.replaying:
+            return (self.sums[key] / self.counts[key]).to(x.dtype)
+        self.sums[key] = self.sums.get(key, 0) + x.float().sum(dim=(2, 3), keepdim=True)
+        self.counts[key] = self.counts.get(key, 0) + x.shape[2] * x.shape[3]
+        return x.mean(dim=(2, 3), keepdim=True)
+
+
 def enhance_tiled(
     fn: Callable[[torch.Tensor], torch.Tensor],
     image: torch.Tensor,
     tile: int,
     overlap: int = DEFAULT_OVERLAP,
     progress: Callable[[int, int], None] | None = None,
+    context: GlobalContext | None = None,
 ) -> torch.Tensor:
     """Apply ``fn`` to overlapping ``tile`` x ``tile`` crops of a (1, C, H, W) image and blend.
 
     Each output pixel is the weighted mean of the tiles covering it, with weights that fall
     linearly to the tile edges, so no seam shows. Memory is bounded by one tile's activations
-    plus the output. ``progress(done, total)`` is called after each tile.
+    plus the output. With a :class:`GlobalContext` (active around ``fn``'s model), the tiles
+    are first run once to gather the photo's global statistics, then again with them.
+    ``progress(done, total)`` is called after each tile.
     """
     if overlap * 2 >= tile:
         raise ValueError(f"overlap {overlap} must be less than half the tile size {tile}")
@@ -98,9 +146,20 @@ def enhance_tiled(
     out = torch.zeros((1, channels, height, width), dtype=torch.float32)
     weight_sum = torch.zeros((1, 1, height, width), dtype=torch.float32)
     rows, cols = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
-    total, done = len(rows) * len(cols), 0
+    total, done = len(rows) * len(cols) * (2 if context else 1), 0
+    if context is not None:
+        for top in rows:
+            for left in cols:
+                context.start_tile()
+                fn(image[..., top : top + tile, left : left + tile])
+                done += 1
+                if progress:
+                    progress(done, total)
+        context.replay()
     for top in rows:
         for left in cols:
+            if context is not None:
+                context.start_tile()
             crop = image[..., top : top + tile, left : left + tile]
             result = fn(crop).float().cpu()
             h, w = result.shape[-2:]
@@ -128,30 +187,53 @@ class Enhancer:
         tile: tile size for large photos; ``None`` tiles automatically above
             :data:`AUTO_TILE_PIXELS`, ``0`` never tiles.
         overlap: overlap between tiles, in pixels.
+        backend: ``"torch"``, or ``"onnxruntime"`` to run an ONNX export of the model
+            (CPU, fp32; the export is cached, see :func:`mirnet.export.cached_onnx`).
+        compile: ``torch.compile`` the model (with weight freezing): faster per photo, but the
+            first photo of each new size pays a compilation of about a minute.
     """
 
     def __init__(
         self,
-        model: MIRNet,
+        model: MIRNet | None,
         info: dict[str, Any] | None = None,
         device: str | torch.device | None = None,
         precision: str = "fp32",
         tile: int | None = None,
         overlap: int = DEFAULT_OVERLAP,
+        backend: str = "torch",
+        compile: bool = False,
     ):
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
-        self.device = pick_device(device)
-        self.model = model.eval().to(self.device)
+        if backend not in ("torch", "onnxruntime"):
+            raise ValueError(f"backend must be torch or onnxruntime, not {backend!r}")
+        self.device = pick_device(device) if backend == "torch" else torch.device("cpu")
+        if model is None and backend != "onnxruntime":
+            raise ValueError("an ONNX file runs only with backend='onnxruntime'")
+        self.model = model.eval().to(self.device) if model is not None else None
         self.info = info or {}
         self.precision = precision
         self.tile = tile
         self.overlap = overlap
+        self.backend = backend
+        self._run: Callable[[torch.Tensor], torch.Tensor] = self.model
+        if backend == "onnxruntime":
+            from mirnet.export import OnnxModel, cached_onnx
+
+            if precision != "fp32":
+                raise ValueError("the onnxruntime backend runs in fp32")
+            weights = self.info.get("weights")
+            onnx_path = weights if weights and str(weights).endswith(".onnx") else cached_onnx(model, weights)
+            self._run = OnnxModel(onnx_path)
+        elif compile:
+            self._run = _compiled(self.model)
+        self.run_compiled = compile and backend == "torch"
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         batch = batch.to(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            return self.model(batch).float().clamp(0.0, 1.0)
+            return self._run(batch).float().clamp(0.0, 1.0)
 
     def tile_for(self, height: int, width: int) -> int:
         """The tile size used for a photo of this size (0 = whole photo at once)."""
@@ -178,6 +260,13 @@ class Enhancer:
             out = self._forward(batch).cpu()
         return out[0] if single else out
 
+    def _enhance_tiled(self, image: torch.Tensor, tile: int, progress) -> torch.Tensor:
+        if self.backend != "torch" or self.run_compiled:
+            # An exported or compiled graph cannot be tapped: tiles use their own statistics.
+            return enhance_tiled(self._forward, image, tile, self.overlap, progress)
+        with GlobalContext(self.model) as context:
+            return enhance_tiled(self._forward, image, tile, self.overlap, progress, context)
+
     def enhance(self, image: ImageLike) -> ImageLike:
         """Enhance a PIL image, a NumPy array or a tensor, returning the same kind.
 
@@ -197,6 +286,14 @@ class Enhancer:
         raise TypeError(f"enhance takes a PIL image, a NumPy array or a tensor, not {type(image).__name__}")
 
     __call__ = enhance
+
+
+def _compiled(model: MIRNet) -> Callable[[torch.Tensor], torch.Tensor]:
+    """torch.compile with frozen weights: constants folded into the graph for inference."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    return torch.compile(model, dynamic=False)
 
 
 def _array_to_tensor(array: np.ndarray) -> torch.Tensor:
@@ -230,13 +327,31 @@ def load_model(
     precision: str = "fp32",
     tile: int | None = None,
     overlap: int = DEFAULT_OVERLAP,
+    backend: str = "torch",
+    compile: bool = False,
 ) -> Enhancer:
     """Load a bundled model by name (``None``: the default) or a weights file by path.
+
+    See :class:`Enhancer` for the other arguments.
 
     >>> enhancer = mirnet.load_model()
     >>> bright = enhancer.enhance(PIL.Image.open("dark.jpg"))
     """
     path = resolve_weights(name_or_path)
-    model, info = load_weights(path)
+    if path.suffix.lower() == ".onnx":
+        if not path.is_file():
+            raise WeightsError(f"{path}: no such ONNX file")
+        model, info, backend = None, {"name": path.stem, "arch": None}, "onnxruntime"
+    else:
+        model, info = load_weights(path)
     info["weights"] = str(path)
-    return Enhancer(model, info, device=device, precision=precision, tile=tile, overlap=overlap)
+    return Enhancer(
+        model,
+        info,
+        device=device,
+        precision=precision,
+        tile=tile,
+        overlap=overlap,
+        backend=backend,
+        compile=compile,
+    )

@@ -24,6 +24,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
 # Pillow's decompression-bomb guard stays on: a file claiming more than twice
 # Image.MAX_IMAGE_PIXELS (179 megapixels) is refused before any pixel is decoded.
 
+# Read once at import (single-threaded then): os.umask can only be read by setting it, which
+# would briefly change it for every thread of the process.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -37,6 +42,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp makes the file owner-only (0600), and so do some writers (safetensors
+        # re-creates it): give the result the permissions an ordinary open() would (0666 less
+        # the umask), so that outputs and weights stay readable by others.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -90,26 +99,44 @@ def _read_16bit_colour_png(path: Path) -> np.ndarray:
     return rgb
 
 
-def read_image(path: str | os.PathLike) -> torch.Tensor:
+def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> torch.Tensor:
     """Read an image file as a float32 RGB tensor (3, H, W) in [0, 1].
+
+    Args:
+        path: the image file.
+        max_pixels: refuse images with more pixels than this (``None``: only Pillow's
+            decompression-bomb limit). Checked from the header, before any pixel is decoded,
+            so an oversized photo gives an error instead of exhausting memory.
 
     Raises:
         ImageReadError: the path is missing, not a file, unreadable, not an image, truncated,
-            or larger than Pillow's decompression-bomb limit. The message names the file.
+            or larger than ``max_pixels`` or Pillow's decompression-bomb limit. The message
+            names the file.
     """
     path = Path(path)
     if not path.exists():
         raise ImageReadError(f"{path}: no such file")
     if path.is_dir():
         raise ImageReadError(f"{path}: is a directory, not an image")
+    if not path.is_file():
+        # A FIFO or device would block or never end; only regular files are images.
+        raise ImageReadError(f"{path}: not a regular file")
     try:
         with Image.open(path) as image:
+            width, height = image.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageReadError(
+                    f"{path}: too large, {width}x{height} is {width * height / 1e6:.1f} megapixels, "
+                    f"over the limit of {max_pixels / 1e6:g}"
+                )
             image = ImageOps.exif_transpose(image)
             image.load()
             array = _to_rgb_array(image)
         if _is_16bit_colour_png(path):
             # PNG has no EXIF orientation in practice; Pillow already validated the file.
             array = _read_16bit_colour_png(path)
+    except ImageReadError:
+        raise
     except Image.DecompressionBombError as err:
         raise ImageReadError(f"{path}: refused, too many pixels ({err})") from None
     except UnidentifiedImageError:
@@ -117,8 +144,19 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
     except PermissionError:
         raise ImageReadError(f"{path}: permission denied") from None
     except (OSError, SyntaxError, ValueError, png.Error) as err:
-        raise ImageReadError(f"{path}: corrupt or truncated image ({err})") from None
+        raise ImageReadError(f"{path}: corrupt or truncated image ({_one_line(err)})") from None
+    except MemoryError:
+        raise ImageReadError(f"{path}: not enough memory to decode this image") from None
+    except Exception as err:
+        # Pillow's decoders meet malformed files with a zoo of exceptions (struct.error,
+        # IndexError, TypeError, ZeroDivisionError, ...); to a caller they all mean "bad file".
+        raise ImageReadError(f"{path}: corrupt image ({type(err).__name__}: {_one_line(err)})") from None
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception's message on one line (errors are reported one per line)."""
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def to_uint(tensor: torch.Tensor, bits: int = 8) -> np.ndarray:

@@ -107,6 +107,7 @@ class DistributedContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # setup_distributed created the process group, so train() destroys it
 
     @property
     def is_main(self) -> bool:
@@ -130,6 +131,7 @@ def setup_distributed() -> DistributedContext:
         if backend == "nccl":
             torch.cuda.set_device(context.local_rank)
         dist.init_process_group(backend=backend)
+        context.owns_group = True
     return context
 
 
@@ -180,13 +182,19 @@ def validate(
     return {"psnr": sum(psnrs) / len(psnrs), "ssim": sum(ssims) / len(ssims)}
 
 
+def mixup_plan(alpha: float, seed: int, size: int) -> tuple[float, list[int]]:
+    """MixUp's Beta(alpha, alpha) weight and, for each position of a batch of ``size``, the
+    position it is blended with; a pure function of the arguments."""
+    rng = np.random.default_rng(seed)
+    lam = float(rng.beta(alpha, alpha))
+    return lam, rng.permutation(size).tolist()
+
+
 def mixup(
     low: torch.Tensor, high: torch.Tensor, alpha: float, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Blend each pair with another pair of the batch by a Beta(alpha, alpha) weight."""
-    rng = np.random.default_rng(seed)
-    lam = float(rng.beta(alpha, alpha))
-    perm = torch.from_numpy(rng.permutation(low.shape[0]))
+    lam, perm = mixup_plan(alpha, seed, low.shape[0])
     return lam * low + (1 - lam) * low[perm], lam * high + (1 - lam) * high[perm]
 
 
@@ -278,21 +286,32 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self._load_checkpoint(self.run_dir / "last.pt")
-        elif self.dist.is_main:
-            if (self.run_dir / "last.pt").exists():
+        else:
+            # Rank 0's view decides, for every rank: the others may not see its disk, and a rank
+            # that raised alone would leave the rest waiting in a collective.
+            (exists,) = self._broadcast([float(self.dist.is_main and (self.run_dir / "last.pt").exists())])
+            if exists:
                 raise FileExistsError(f"{self.run_dir} already holds a run; pass --resume or another --out")
-            self._write_run_files()
+            if self.dist.is_main:
+                self._write_run_files()
+        progress = progress and self.dist.is_main  # one loading bar, not one per rank
         self.dataset = PairedPatchDataset(
             self.train_pairs, config["data"]["patch_size"], config["data"]["repeat"], True, seed, progress
         )
-        self.sampler = DistributedSampler(
-            self.dataset,
-            num_replicas=self.dist.world_size,
-            rank=self.dist.rank,
-            shuffle=True,
-            seed=seed,
-            drop_last=True,
-        )
+        # Every rank's sampler, not just its own: a step's whole batch (all ranks' shards) is
+        # needed to mix pairs across ranks exactly as one process would (see _batches).
+        self.samplers = [
+            DistributedSampler(
+                self.dataset,
+                num_replicas=self.dist.world_size,
+                rank=rank,
+                shuffle=True,
+                seed=seed,
+                drop_last=True,
+            )
+            for rank in range(self.dist.world_size)
+        ]
+        self.sampler = self.samplers[self.dist.rank]
         self.writer = None
         if train_cfg["tensorboard"] and self.dist.is_main:
             from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
@@ -321,6 +340,7 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "position": dict(self.position),
             "world_size": self.dist.world_size,
+            "batch_size": self.config["train"]["batch_size"],
         }
 
     def save_checkpoint(self, name: str = "last.pt") -> None:
@@ -331,20 +351,31 @@ class Trainer:
             torch.save(self._checkpoint(), tmp)
 
     def _load_checkpoint(self, path: Path) -> None:
-        if not path.is_file():
+        checkpoint = None
+        if self.dist.is_main and path.is_file():
+            # weights_only: a checkpoint is data, never code.
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        if self.dist.world_size > 1:
+            # Only rank 0 reads the file, so the run directory need not be shared between machines.
+            holder = [checkpoint]
+            dist.broadcast_object_list(holder, src=0)
+            checkpoint = holder[0]
+        if checkpoint is None:
             raise FileNotFoundError(f"{path}: no checkpoint to resume from")
-        # weights_only: a checkpoint is data, never code.
-        checkpoint = torch.load(path, map_location=self.device, weights_only=True)
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         if self.scaler and checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
         self.position = dict(checkpoint["position"])
-        saved_world = checkpoint.get("world_size", 1)
-        if saved_world != self.dist.world_size and self.position["step_in_epoch"]:
-            # Mid-epoch positions count batches of the old world size: restart the epoch.
-            self.position["step_in_epoch"] = 0
+        batch = self.config["train"]["batch_size"]
+        saved = checkpoint.get("world_size", 1), checkpoint.get("batch_size", batch)
+        if saved != (self.dist.world_size, batch) and self.position["step_in_epoch"]:
+            # A step takes the next batch_size * world_size samples of the epoch's order, which
+            # does not depend on the world size (see _batches): carry the samples done over to
+            # the new step size, rounding down so that none is skipped (a few may repeat).
+            done = self.position["step_in_epoch"] * saved[0] * saved[1]
+            self.position["step_in_epoch"] = done // (batch * self.dist.world_size)
 
     def _log_epoch(self, row: dict[str, Any]) -> None:
         log = self.run_dir / "log.csv"
@@ -392,31 +423,56 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------
     def _batches(self, epoch: int) -> list[list[int]]:
-        self.sampler.set_epoch(epoch)
+        """The epoch's steps, each the whole step's batch over all ranks (batch_size x
+        world_size indices); rank r trains on ``batch[r::world_size]``, its sampler's shard."""
+        shards = []
+        for sampler in self.samplers:
+            sampler.set_epoch(epoch)
+            shards.append(list(sampler))
         self.dataset.set_epoch(epoch)
-        indices = list(self.sampler)
+        indices = shards[self.dist.rank]
         size = self.config["train"]["batch_size"]
         if len(indices) < size:
             raise ValueError(
                 f"{len(self.train_pairs)} training pairs x repeat {self.dataset.repeat} give {len(indices)} "
                 f"samples per process, fewer than one batch of {size}: raise data.repeat or lower batch_size"
             )
-        return [indices[i : i + size] for i in range(0, len(indices) - size + 1, size)]
+        # The sampler deals the epoch's permutation out round-robin (rank r gets positions
+        # r, r + world, ...), so interleaving the shards' k-th batches gives positions
+        # [k * size * world, (k + 1) * size * world): step k is the same samples, in the same
+        # order, as step k of one process with batch size * world.
+        return [
+            [shard[i + j] for j in range(size) for shard in shards]
+            for i in range(0, len(indices) - size + 1, size)
+        ]
 
     def _step(self, batch: list[int], epoch: int, step: int) -> float:
-        samples = [self.dataset[i] for i in batch]
+        rank, world = self.dist.rank, self.dist.world_size
+        samples = [self.dataset[i] for i in batch[rank::world]]
         low = torch.stack([s[0] for s in samples])
         high = torch.stack([s[1] for s in samples])
         alpha = self.config["data"]["mixup_alpha"]
         if alpha > 0:
-            low, high = mixup(low, high, alpha, sample_seed(self.config["seed"], epoch, -1 - step))
+            # Mix within the whole step's batch, as one process would. A partner on another
+            # rank is recomputed here: an item is a pure function of (seed, epoch, index).
+            lam, perm = mixup_plan(alpha, sample_seed(self.config["seed"], epoch, -1 - step), len(batch))
+            partners = [perm[rank + world * j] for j in range(len(samples))]
+            mates = [
+                (low[p // world], high[p // world]) if p % world == rank else self.dataset[batch[p]]
+                for p in partners
+            ]
+            low = lam * low + (1 - lam) * torch.stack([m[0] for m in mates])
+            high = lam * high + (1 - lam) * torch.stack([m[1] for m in mates])
         low, high = low.to(self.device, non_blocking=True), high.to(self.device, non_blocking=True)
         with _autocast(self.device, self.dtype):
             out = self.ddp(low)
         loss = self.loss_fn(out.float(), high)
-        if not torch.isfinite(loss):
+        # The mean over ranks (DDP's gradient is that mean's): logged as the step's loss, and
+        # a NaN on any rank stops every rank here rather than one leaving the others waiting.
+        value = self._mean_across_ranks(float(loss.detach()))
+        if not math.isfinite(value):
             raise TrainingDiverged(
-                f"loss became {float(loss.detach())} at epoch {epoch}, step {step}; stopping without "
+                f"loss became {value} at epoch {epoch}, step {step}; stopping without "
                 "saving. Lower the learning rate or use fp32, and resume from last.pt."
             )
         self.optimizer.zero_grad(set_to_none=True)
@@ -433,7 +489,7 @@ class Trainer:
             if clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
             self.optimizer.step()
-        return float(loss.detach())
+        return value
 
     def _mean_across_ranks(self, value: float) -> float:
         if self.dist.world_size == 1:
@@ -449,11 +505,25 @@ class Trainer:
         dist.broadcast(tensor, src=0)
         return tensor.tolist()
 
+    def _any_rank(self, flag: bool) -> bool:
+        if self.dist.world_size == 1:
+            return flag
+        tensor = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return bool(tensor.item())
+
+    def _finish(self) -> Path:
+        """Export on rank 0 while the other ranks wait, so that all return the weights' path
+        and exit 0 together (a rank exiting non-zero makes torchrun kill the others)."""
+        weights = self.export() if self.dist.is_main else self.run_dir / "model.safetensors"
+        self._broadcast([0.0])  # a barrier that works the same on gloo and NCCL
+        return weights
+
     def fit(self) -> Path | None:
         """Train until the configured epochs or steps, or a stop signal.
 
-        Returns the exported weights, or None when stopped early by a signal (a resumable
-        checkpoint is saved first).
+        Returns the exported weights (on every rank; rank 0 writes them), or None when stopped
+        early by a signal (a resumable checkpoint is saved first).
         """
         cfg = self.config["train"]
         max_steps = cfg["max_steps"]
@@ -479,27 +549,27 @@ class Trainer:
                     bar.update()
                     bar.set_postfix(loss=f"{losses[-1]:.4f}")
                     done = max_steps is not None and self.position["global_step"] >= max_steps
-                    if (
-                        stop.signal is not None
-                        or done
-                        or self.position["global_step"] % cfg["checkpoint_every"] == 0
-                    ):
+                    # A signal may reach the ranks at different steps: all stop at the first.
+                    stopping = self._any_rank(stop.signal is not None)
+                    if stopping or done or self.position["global_step"] % cfg["checkpoint_every"] == 0:
                         self.save_checkpoint()
-                    if stop.signal is not None:
+                    if stopping:
                         bar.close()
+                        self._broadcast([0.0])  # no rank exits (and gets the rest killed) before the save
                         if self.dist.is_main:
-                            print(f"stopped by signal {stop.signal}; resume with --resume", file=sys.stderr)
+                            how = f"signal {stop.signal}" if stop.signal else "a signal to another rank"
+                            print(f"stopped by {how}; resume with --resume", file=sys.stderr)
                         return None
                     if done:
                         bar.close()
-                        return self.export() if self.dist.is_main else None
+                        return self._finish()
                 bar.close()
                 self._end_epoch(epoch, losses, time.perf_counter() - began)
-        return self.export() if self.dist.is_main else None
+        return self._finish()
 
     def _end_epoch(self, epoch: int, losses: list[float], seconds: float) -> None:
         cfg = self.config["train"]
-        mean_loss = self._mean_across_ranks(sum(losses) / max(len(losses), 1))
+        mean_loss = sum(losses) / max(len(losses), 1)  # each step's loss is already the mean over ranks
         self.position.update(epoch=epoch + 1, step_in_epoch=0)
         validate_now = self.val_pairs and (
             (epoch + 1) % cfg["validate_every"] == 0 or epoch + 1 == cfg["epochs"]
@@ -577,3 +647,5 @@ def train(
     finally:
         if trainer.writer:
             trainer.writer.close()
+        if trainer.dist.owns_group:
+            dist.destroy_process_group()

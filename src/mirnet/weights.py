@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,8 @@ def _guess_configuration(state: dict[str, torch.Tensor]) -> str:
     """Name the built-in configurations whose tensor shapes match a state dict."""
     matches = []
     for name, config in MODEL_CONFIGS.items():
-        expected = {k: v.shape for k, v in MIRNet(**config).state_dict().items()}
+        with torch.device("meta"):  # shapes only: no memory or time spent on the paper model's weights
+            expected = {k: v.shape for k, v in MIRNet(**config).state_dict().items()}
         if expected == {k: v.shape for k, v in state.items()}:
             matches.append(name)
     if matches:
@@ -68,6 +70,21 @@ def load_state_into(model: MIRNet, state: dict[str, torch.Tensor], source: str) 
         )
     model.load_state_dict(state)
     return model
+
+
+def _load_failure(err: Exception) -> str:
+    """The informative part of a ``torch.load`` failure, on one line.
+
+    A weights-only refusal is a paragraph that ends up suggesting ``weights_only=False``
+    (the very thing that would run the payload); keep only the line that says what was
+    refused, e.g. "Trying to load unsupported GLOBAL posix.system ...".
+    """
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if isinstance(err, pickle.UnpicklingError):
+        for line in lines:
+            if "nsupported" in line:
+                return line.split("WeightsUnpickler error:")[-1].split(". Please use")[0].strip().rstrip(".")
+    return " ".join(lines) or type(err).__name__
 
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -99,7 +116,10 @@ def load_weights(path: str | os.PathLike, name: str | None = None) -> tuple[MIRN
     if suffix == ".safetensors":
         state, metadata = read_safetensors(path)
         stored_name = metadata.get("mirnet.name")
-        arch = json.loads(metadata["mirnet.arch"]) if "mirnet.arch" in metadata else None
+        try:
+            arch = json.loads(metadata["mirnet.arch"]) if "mirnet.arch" in metadata else None
+        except ValueError as err:
+            raise WeightsError(f"{path}: its stored configuration is not valid JSON ({err})") from None
     elif suffix in (".pt", ".pth", ".ckpt"):
         if not path.is_file():
             raise WeightsError(f"{path}: no such weights file")
@@ -107,7 +127,7 @@ def load_weights(path: str | os.PathLike, name: str | None = None) -> tuple[MIRN
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises UnpicklingError and friends
             raise WeightsError(
-                f"{path}: refused or unreadable as a weights-only PyTorch file ({err}). "
+                f"{path}: refused or unreadable as a weights-only PyTorch file ({_load_failure(err)}). "
                 "Only tensors and plain containers are loaded, never arbitrary pickled code; "
                 "convert trusted files to .safetensors."
             ) from None
@@ -120,7 +140,14 @@ def load_weights(path: str | os.PathLike, name: str | None = None) -> tuple[MIRN
     if name is not None:
         arch = arch_config(name) if arch is None or stored_name != name else arch
         stored_name = name
+    # A .pt may hold any weights-only value (a tensor, a list...); only a dict of tensors is weights.
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path}: holds no model weights (expected a dict of tensors)")
     if arch is None:
         raise WeightsError(f"{path}: carries no configuration; name one ({_guess_configuration(state)})")
-    model = load_state_into(MIRNet(**arch), state, str(path))
+    try:
+        model = MIRNet(**arch)
+    except (TypeError, ValueError) as err:  # a hand-edited or foreign configuration
+        raise WeightsError(f"{path}: stored configuration {arch!r} does not build a MIRNet ({err})") from None
+    model = load_state_into(model, state, str(path))
     return model.eval(), {"name": stored_name or "custom", "arch": arch}

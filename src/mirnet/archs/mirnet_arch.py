@@ -41,6 +41,24 @@ def _conv(in_channels: int, out_channels: int, kernel_size: int, bias: bool = Fa
     return nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
 
 
+class GlobalAveragePool(nn.Module):
+    """Global average pooling to (N, C, 1, 1).
+
+    The only operation in MIRNet that sees the whole image at once. Tiled inference
+    (:class:`mirnet.inference.GlobalContext`) sets ``tap`` to give every tile the pooled
+    statistics of the whole photo instead of its own; otherwise it is a plain mean.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.tap = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tap is not None:
+            return self.tap(self, x)
+        return x.mean(dim=(2, 3), keepdim=True)
+
+
 class ChannelAttention(nn.Module):
     """Squeeze-and-excitation gate: global average pooling, a bottleneck, a sigmoid."""
 
@@ -48,7 +66,7 @@ class ChannelAttention(nn.Module):
         super().__init__()
         hidden = max(channels // reduction, 1)
         self.gate = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1),
+            GlobalAveragePool(),
             nn.Conv2d(channels, hidden, 1, bias=bias),
             nn.ReLU(inplace=True),
             nn.Conv2d(hidden, channels, 1, bias=bias),
@@ -98,7 +116,7 @@ class SelectiveKernelFeatureFusion(nn.Module):
         super().__init__()
         hidden = max(channels // reduction, 4)
         self.squeeze = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, hidden, 1, bias=bias), nn.PReLU()
+            GlobalAveragePool(), nn.Conv2d(channels, hidden, 1, bias=bias), nn.PReLU()
         )
         self.excitations = nn.ModuleList(
             nn.Conv2d(hidden, channels, 1, bias=bias) for _ in range(num_streams)
@@ -335,14 +353,9 @@ class MIRNet(nn.Module):
         if squeeze:
             x = x.unsqueeze(0)
         h, w = x.shape[-2:]
-        pad_h = (-h) % self.multiple
-        pad_w = (-w) % self.multiple
-        padded = x
-        if pad_h or pad_w:
-            # Reflect padding needs the pad to be smaller than the side; replicate covers
-            # the tiny images where it is not.
-            mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-            padded = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        # Pad to a multiple of the coarsest stride (a zero pad is a no-op). Replicate padding
+        # works for any size, even 1x1, and the padded border is cropped off the output.
+        padded = F.pad(x, (0, (-w) % self.multiple, 0, (-h) % self.multiple), mode="replicate")
         out = self.conv_out(self.groups(self.conv_in(padded))) + padded
         out = out[..., :h, :w]
         return out.squeeze(0) if squeeze else out

@@ -1,0 +1,94 @@
+"""The shipped model, the enhance API and CLI, tiling, the fast paths and ONNX export."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import mirnet
+from mirnet.cli import main
+from mirnet.inference import Enhancer, bundled_models, tile_starts
+from mirnet.io import read_image
+from mirnet.metrics import gray_mean, psnr
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = sorted((ROOT / "samples").glob("*_dark.png"))
+
+
+@pytest.fixture(scope="module")
+def default_model() -> Enhancer:
+    return mirnet.load_model()
+
+
+def test_bundled_default_model_loads(default_model):
+    assert "tiny" in bundled_models()
+    assert default_model.info["name"] == "tiny"
+    assert default_model.info["arch"] == {**mirnet.archs.MODEL_CONFIGS["tiny"]}
+
+
+def test_enhancing_a_sample_brightens_it_deterministically(default_model):
+    dark = read_image(SAMPLES[0])
+    first, second = default_model.enhance(dark), default_model.enhance(dark)
+    assert torch.equal(first, second)
+    assert torch.isfinite(first).all() and 0 <= float(first.min()) and float(first.max()) <= 1
+    before, after = float(gray_mean(dark[None])[0]), float(gray_mean(first[None])[0])
+    assert after > before + 0.15, (before, after)
+
+
+def test_enhance_returns_the_kind_it_was_given(default_model):
+    pil = Image.open(SAMPLES[0]).convert("RGB").crop((0, 0, 40, 30))
+    out = default_model.enhance(pil)
+    assert isinstance(out, Image.Image) and out.size == (40, 30) and out.mode == "RGB"
+    array = np.asarray(pil)
+    assert default_model.enhance(array).dtype == np.uint8
+    assert default_model.enhance(array.astype(np.uint16) * 257).dtype == np.uint16
+    as_float = default_model.enhance(array / 255.0)
+    assert as_float.dtype == np.float64 and as_float.shape == (30, 40, 3)
+    assert default_model.enhance(array[..., 0]).shape == (30, 40, 3)
+    batch = torch.rand(2, 3, 20, 24) * 0.2
+    assert default_model.enhance(batch).shape == (2, 3, 20, 24)
+    with pytest.raises(TypeError):
+        default_model.enhance("photo.jpg")
+
+
+def test_tile_starts_cover_everything():
+    assert tile_starts(100, 128, 16) == [0]
+    starts = tile_starts(1000, 256, 64)
+    assert starts[0] == 0 and starts[-1] == 1000 - 256
+    assert all(b - a <= 256 - 64 for a, b in zip(starts, starts[1:]))
+
+
+def test_tiled_output_agrees_with_whole_photo(default_model):
+    # coffee: 600x400, so 256-pixel tiles make a 3 x 2 grid with blended seams.
+    photo = read_image(ROOT / "samples" / "coffee_dark.png")
+    whole = default_model.enhance_tensor(photo)
+    tiled = Enhancer(default_model.model, default_model.info, tile=256, overlap=64).enhance_tensor(photo)
+    assert tiled.shape == whole.shape
+    assert psnr(tiled, whole) >= 40.0
+
+
+def test_bf16_path_stays_close_to_fp32(default_model):
+    photo = read_image(SAMPLES[0])
+    fast = Enhancer(default_model.model, default_model.info, precision="bf16").enhance_tensor(photo)
+    assert psnr(fast, default_model.enhance_tensor(photo)) >= 40.0
+
+
+def test_onnx_export_matches_pytorch(default_model, tmp_path):
+    onnx_path = tmp_path / "tiny.onnx"
+    assert main(["export", "--model", "tiny", "--format", "onnx", str(onnx_path)]) == 0
+    runtime = mirnet.load_model(onnx_path, backend="onnxruntime")
+    for shape in [(1, 3, 37, 53), (2, 3, 64, 96)]:
+        image = torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 0.3
+        with torch.inference_mode():
+            reference = default_model.model(image)
+        got = runtime._run(image)
+        assert (got - reference).abs().max() <= 1e-4
+
+
+def test_enhance_cli_on_the_samples_folder(tmp_path):
+    assert main(["enhance", str(ROOT / "samples"), "-o", str(tmp_path), "-q"]) == 0
+    outputs = sorted(p.name for p in tmp_path.iterdir())
+    assert outputs == sorted(f"{p.stem}_enhanced.png" for p in SAMPLES)
+    assert read_image(tmp_path / outputs[0]).mean() > read_image(SAMPLES[0]).mean()
