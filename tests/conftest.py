@@ -9,7 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One thread: these models and images are tiny, and a second thread only adds OpenMP
+# synchronisation (test_train.py took 195 s with 2 threads on busy cores, 5.5 s with 1).
+torch.set_num_threads(1)
 
 
 def smooth_image(seed: int, height: int = 48, width: int = 64) -> np.ndarray:

@@ -9,7 +9,7 @@ from PIL import Image
 
 import mirnet
 from mirnet.cli import main
-from mirnet.inference import Enhancer, bundled_models, tile_starts
+from mirnet.inference import Enhancer, bundled_models, supports_bf16, tile_starts
 from mirnet.io import read_image
 from mirnet.metrics import gray_mean, psnr
 
@@ -73,6 +73,15 @@ def test_bf16_path_stays_close_to_fp32(default_model):
     photo = read_image(SAMPLES[0])
     fast = Enhancer(default_model.model, default_model.info, precision="bf16").enhance_tensor(photo)
     assert psnr(fast, default_model.enhance_tensor(photo)) >= 40.0
+
+
+def test_fast_path_stays_close_to_the_reference(default_model):
+    # What `mirnet enhance --fast` runs: torch.compile with frozen weights, bf16 where the CPU
+    # has it. A crop keeps the compilation (the slow part, about 30 s) to one small graph.
+    photo = read_image(SAMPLES[0])[:, :96, :128]
+    precision = "bf16" if supports_bf16("cpu") else "fp32"
+    fast = Enhancer(default_model.model, default_model.info, precision=precision, compile=True)
+    assert psnr(fast.enhance_tensor(photo), default_model.enhance_tensor(photo)) >= 40.0
 
 
 def test_onnx_export_matches_pytorch(default_model, tmp_path):

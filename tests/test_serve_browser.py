@@ -6,8 +6,10 @@ The server runs a nano model whose output is exactly ``input + BOOST`` (see
 luck of an untrained network's random weights; the test checks the downloaded PNG pixel by
 pixel against it.
 
-Needs the Debian packages ``chromium`` and ``chromium-driver`` (skips without them). Set
-``MIRNET_SERVE_SCREENSHOT=docs/serve.png`` to also save the screenshot for the docs.
+Needs the Debian packages ``chromium`` and ``chromium-driver`` (skips without them). The
+screenshot is saved in the test's temporary folder; set ``MIRNET_SERVE_SCREENSHOT=PATH`` to
+keep a copy. (The README's screenshot, with the real bundled model, comes from
+``scripts/serve_screenshot.py``.)
 """
 
 from __future__ import annotations

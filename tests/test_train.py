@@ -1,3 +1,4 @@
+import csv
 import json
 from pathlib import Path
 
@@ -90,3 +91,21 @@ def test_unknown_config_keys_are_refused(tmp_path):
     (tmp_path / "bad.yaml").write_text("modle: {name: nano}\n")
     with pytest.raises(ValueError, match="modle"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_log_after_resume_at_an_epoch_boundary(paired_dataset, tmp_path):
+    # Stopped right after an epoch's last step but before its end-of-epoch bookkeeping: the
+    # resumed run must still log that epoch's mean loss over all its steps, once.
+    straight = tmp_path / "straight"
+    train(_config(), paired_dataset, straight, progress=False)
+    run = tmp_path / "run"
+    train(_config(max_steps=4), paired_dataset, run, progress=False)  # 4 steps = one epoch
+    (run / ".last.pt.stale.tmp").write_bytes(b"left by a SIGKILL mid-write")
+    train(_config(), paired_dataset, run, resume=True, progress=False)
+    assert _rows_without_time(run / "log.csv") == _rows_without_time(straight / "log.csv")
+    assert not list(run.glob(".*.tmp"))  # a resume clears stale temporary files
+
+
+def _rows_without_time(log: Path) -> list[dict[str, str]]:
+    with open(log, newline="") as handle:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)]

@@ -5,6 +5,7 @@ Each takes and returns a (3, H, W) float tensor in [0, 1].
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -37,7 +38,10 @@ def histogram_equalisation(image: torch.Tensor) -> torch.Tensor:
     """Global histogram equalisation with one histogram over all three channels
     (scikit-image ``equalize_hist`` of the RGB array), which keeps the colour balance that
     equalising each channel separately would break."""
-    return _tensor(exposure.equalize_hist(_numpy(image)))
+    with warnings.catch_warnings():
+        # skimage warns that "this might be a color image": one shared histogram is the intent.
+        warnings.filterwarnings("ignore", message="This might be a color image")
+        return _tensor(exposure.equalize_hist(_numpy(image)))
 
 
 def clahe(image: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
+from mirnet.classical import identity
 from mirnet.data import ImagePair, load_pair
 from mirnet.io import atomic_path, to_uint
 from mirnet.metrics import psnr_per_image, ssim_per_image
@@ -59,7 +60,7 @@ def evaluate_methods(
         for name, method in methods.items():
             output = method(low).float().clamp(0, 1)
             rows.append({"image": pair.name, "method": name, **score(output, high)})
-            if pair.name in kept:
+            if pair.name in kept and method is not identity:  # the input is shown already
                 kept[pair.name][name] = output
     return rows, kept
 
@@ -111,12 +112,14 @@ def write_reports(
 def comparison_figure(
     kept: dict[str, dict[str, torch.Tensor]], path: str | os.PathLike, tile_width: int = 300
 ) -> Path:
-    """One row per image: input | each method | ground truth, labelled, as a PNG."""
+    """One row per image: input | each method | ground truth (if given), labelled; written as
+    JPEG if ``path`` ends in .jpg/.jpeg (smaller, for documentation), else PNG."""
     font = ImageFont.load_default(size=16)
     label_height = 24
     rows = []
     for name, images in kept.items():
-        order = ["input", *[k for k in images if k not in ("input", "ground truth")], "ground truth"]
+        order = ["input", *[k for k in images if k not in ("input", "ground truth")]]
+        order += ["ground truth"] if "ground truth" in images else []
         tiles = []
         for label in order:
             picture = Image.fromarray(to_uint(images[label]))
@@ -141,5 +144,8 @@ def comparison_figure(
         y += row.height
     path = Path(path)
     with atomic_path(path) as tmp:
-        figure.save(tmp, format="PNG")
+        if path.suffix.lower() in (".jpg", ".jpeg"):
+            figure.save(tmp, format="JPEG", quality=88)
+        else:
+            figure.save(tmp, format="PNG")
     return path

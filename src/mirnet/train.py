@@ -278,7 +278,11 @@ class Trainer:
             "global_step": 0,
             "best_psnr": -math.inf,
             "best_epoch": -1,
+            # The running sum of this epoch's step losses, saved so that an epoch resumed
+            # half-way still logs the mean over all its steps.
+            "epoch_loss_sum": 0.0,
         }
+        self.stopped_by: int | None = None  # the signal that stopped fit(), if one did
 
         pairs = find_pairs(self.data_root, "train")
         self.train_pairs, self.val_pairs = split_validation(pairs, config["data"]["validation_pairs"], seed)
@@ -286,6 +290,13 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self._load_checkpoint(self.run_dir / "last.pt")
+            if self.dist.is_main:
+                # Temporary files of writes cut short by a SIGKILL: harmless, but they pile up.
+                for stale in self.run_dir.glob(".*.tmp"):
+                    stale.unlink(missing_ok=True)
+                # The run goes on with this config (for example more epochs): record it.
+                with atomic_path(self.run_dir / "config.yaml") as tmp:
+                    tmp.write_text(yaml.safe_dump(self.config, sort_keys=False))
         else:
             # Rank 0's view decides, for every rank: the others may not see its disk, and a rank
             # that raised alone would leave the rest waiting in a collective.
@@ -367,7 +378,7 @@ class Trainer:
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         if self.scaler and checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
-        self.position = dict(checkpoint["position"])
+        self.position = {"epoch_loss_sum": 0.0, **checkpoint["position"]}
         batch = self.config["train"]["batch_size"]
         saved = checkpoint.get("world_size", 1), checkpoint.get("batch_size", batch)
         if saved != (self.dist.world_size, batch) and self.position["step_in_epoch"]:
@@ -379,12 +390,16 @@ class Trainer:
 
     def _log_epoch(self, row: dict[str, Any]) -> None:
         log = self.run_dir / "log.csv"
-        new = not log.exists()
-        with open(log, "a", newline="") as handle:
+        rows = []
+        if log.exists():
+            with open(log, newline="") as handle:
+                # A run killed after logging an epoch but before its checkpoint logs it again on
+                # resume: the new row replaces the old one.
+                rows = [r for r in csv.DictReader(handle) if int(r["epoch"]) < row["epoch"]]
+        with atomic_path(log) as tmp, open(tmp, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+            writer.writeheader()
+            writer.writerows([*rows, row])
         if self.writer:
             for key, value in row.items():
                 if key != "epoch":
@@ -408,9 +423,10 @@ class Trainer:
                 "train_pairs": len(self.train_pairs),
                 "validation_pairs": [p.name for p in self.val_pairs],
             },
-            "epochs_trained": position["epoch"],
-            "steps_trained": position["global_step"],
+            "epochs_trained": self.position["epoch"],
+            "steps_trained": self.position["global_step"],
             "selected_by": "best validation PSNR",
+            "selected_epoch": position["epoch"],
             "validation": {"psnr": position["best_psnr"], "epoch": position["best_epoch"]},
             "config": self.config,
             "command": self.command,
@@ -532,7 +548,6 @@ class Trainer:
             for epoch in range(self.position["epoch"], cfg["epochs"]):
                 batches = self._batches(epoch)
                 start = self.position["step_in_epoch"]
-                losses: list[float] = []
                 began = time.perf_counter()
                 bar = tqdm(
                     total=len(batches),
@@ -543,11 +558,12 @@ class Trainer:
                     leave=False,
                 )
                 for step in range(start, len(batches)):
-                    losses.append(self._step(batches[step], epoch, step))
+                    loss = self._step(batches[step], epoch, step)
+                    self.position["epoch_loss_sum"] += loss
                     self.position["step_in_epoch"] = step + 1
                     self.position["global_step"] += 1
                     bar.update()
-                    bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                    bar.set_postfix(loss=f"{loss:.4f}")
                     done = max_steps is not None and self.position["global_step"] >= max_steps
                     # A signal may reach the ranks at different steps: all stop at the first.
                     stopping = self._any_rank(stop.signal is not None)
@@ -556,6 +572,7 @@ class Trainer:
                     if stopping:
                         bar.close()
                         self._broadcast([0.0])  # no rank exits (and gets the rest killed) before the save
+                        self.stopped_by = stop.signal or signal.SIGTERM
                         if self.dist.is_main:
                             how = f"signal {stop.signal}" if stop.signal else "a signal to another rank"
                             print(f"stopped by {how}; resume with --resume", file=sys.stderr)
@@ -564,13 +581,14 @@ class Trainer:
                         bar.close()
                         return self._finish()
                 bar.close()
-                self._end_epoch(epoch, losses, time.perf_counter() - began)
+                self._end_epoch(epoch, len(batches), time.perf_counter() - began)
         return self._finish()
 
-    def _end_epoch(self, epoch: int, losses: list[float], seconds: float) -> None:
+    def _end_epoch(self, epoch: int, steps: int, seconds: float) -> None:
         cfg = self.config["train"]
-        mean_loss = sum(losses) / max(len(losses), 1)  # each step's loss is already the mean over ranks
-        self.position.update(epoch=epoch + 1, step_in_epoch=0)
+        # Each step's loss is already the mean over ranks.
+        mean_loss = self.position["epoch_loss_sum"] / max(steps, 1)
+        self.position.update(epoch=epoch + 1, step_in_epoch=0, epoch_loss_sum=0.0)
         validate_now = self.val_pairs and (
             (epoch + 1) % cfg["validate_every"] == 0 or epoch + 1 == cfg["epochs"]
         )
@@ -584,8 +602,8 @@ class Trainer:
             if scores["psnr"] > self.position["best_psnr"]:
                 self.position.update(best_psnr=scores["psnr"], best_epoch=epoch + 1)
                 self.save_checkpoint("best.pt")
-        self.save_checkpoint()
         if self.dist.is_main:
+            # Logged before last.pt moves past the epoch, so a kill in between loses no row.
             self._log_epoch(
                 {
                     "epoch": epoch + 1,
@@ -601,6 +619,7 @@ class Trainer:
                 f"epoch {epoch + 1}: loss {mean_loss:.4f}  val PSNR {scores['psnr']:.2f} dB  "
                 f"SSIM {scores['ssim']:.4f}  lr {self.optimizer.param_groups[0]['lr']:.2e}  ({seconds:.0f} s)"
             )
+        self.save_checkpoint()
 
 
 def plot_curves(log_csv: Path, out_png: Path) -> None:
@@ -628,6 +647,14 @@ def plot_curves(log_csv: Path, out_png: Path) -> None:
     plt.close(fig)
 
 
+class TrainingStopped(Exception):
+    """A stop signal (SIGINT, SIGTERM) ended training after saving a resumable last.pt."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by signal {signum}; resume with --resume")
+        self.signum = signum
+
+
 def train(
     config: dict[str, Any] | str | os.PathLike,
     data_root: str | os.PathLike,
@@ -636,14 +663,20 @@ def train(
     progress: bool = True,
     command: str | None = None,
 ) -> Path | None:
-    """Train a model as a config describes; returns the exported weights (see :class:`Trainer`)."""
+    """Train a model as a config describes; returns the exported weights (see :class:`Trainer`).
+
+    Raises :class:`TrainingStopped` when a signal stopped the run (its checkpoint is saved).
+    """
     if not isinstance(config, dict):
         config = load_config(config)
     else:
         config = deep_merge(DEFAULTS, config)
     trainer = Trainer(config, data_root, run_dir, resume=resume, progress=progress, command=command)
     try:
-        return trainer.fit()
+        weights = trainer.fit()
+        if weights is None:
+            raise TrainingStopped(trainer.stopped_by or signal.SIGINT)
+        return weights
     finally:
         if trainer.writer:
             trainer.writer.close()

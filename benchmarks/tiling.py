@@ -1,0 +1,92 @@
+"""How far tiled inference departs from whole-photo inference, in PSNR.
+
+    python benchmarks/tiling.py --photos PHOTO... [--tile 256] [--overlaps 0 32 64]
+    python benchmarks/tiling.py --photos PHOTO... --upscale 4 --tile 1024   # large photos
+
+Each photo is enhanced whole (the reference) and in tiles of ``--tile`` pixels with each
+overlap, with and without the photo-wide attention statistics that
+:class:`mirnet.inference.GlobalContext` gives every tile. ``--upscale MP`` first resizes each
+photo to about MP megapixels (a stand-in for a large camera photo). Prints a Markdown table
+(mean and worst PSNR per setting) and writes JSON beside the speed results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+import mirnet
+from mirnet.inference import Enhancer, GlobalContext, enhance_tiled
+from mirnet.io import read_image
+from mirnet.metrics import psnr
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(photo: Path, megapixels: float) -> torch.Tensor:
+    image = read_image(photo)
+    if not megapixels:
+        return image
+    height, width = image.shape[-2:]
+    scale = (megapixels * 1e6 / (height * width)) ** 0.5
+    size = (round(width * scale), round(height * scale))
+    picture = Image.open(photo).convert("RGB").resize(size, Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1).float() / 255
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--photos", nargs="+", type=Path, required=True)
+    parser.add_argument("--model", default=None, help="bundled model (default: the default model)")
+    parser.add_argument("--tile", type=int, default=256)
+    parser.add_argument("--overlaps", nargs="+", type=int, default=[0, 32, 64])
+    parser.add_argument("--upscale", type=float, default=0, metavar="MP")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    enhancer: Enhancer = mirnet.load_model(args.model, device="cpu", tile=0)
+    model = enhancer.model
+    results: dict[str, list[float]] = {}
+    with torch.inference_mode():
+        for photo in tqdm(args.photos, unit="photo"):
+            image = load(photo, args.upscale)
+            whole = enhancer.enhance_tensor(image)[None]
+            for overlap in args.overlaps:
+                for with_context in (False, True):
+                    if with_context:
+                        with GlobalContext(model) as context:
+                            tiled = enhance_tiled(
+                                enhancer._forward, image[None], args.tile, overlap, None, context
+                            )
+                    else:
+                        tiled = enhance_tiled(enhancer._forward, image[None], args.tile, overlap)
+                    key = f"overlap {overlap}, {'global context' if with_context else 'tiles alone'}"
+                    results.setdefault(key, []).append(psnr(tiled, whole))
+    size = f"about {args.upscale:g} MP" if args.upscale else "as they are"
+    print(f"\n{len(args.photos)} photos ({size}), tile {args.tile}, model {enhancer.info['name']}\n")
+    print("| setting | mean PSNR tiled vs whole (dB) | worst (dB) |\n|---|---:|---:|")
+    for key, values in results.items():
+        print(f"| {key} | {sum(values) / len(values):.2f} | {min(values):.2f} |")
+    out = (
+        args.json
+        or ROOT / "benchmarks" / "results" / f"tiling-{args.tile}{'-large' if args.upscale else ''}.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "command": "python " + " ".join(["benchmarks/tiling.py", *sys.argv[1:]]),
+        "photos": len(args.photos),
+    }
+    out.write_text(json.dumps({"meta": meta, "psnr": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""A picture of real dark photos with no ground truth: input | gamma | CLAHE | MIRNet.
+
+    python scripts/unpaired_figure.py PHOTO... --out docs/unpaired.png [--model tiny]
+
+The README's picture of DICM, LIME and LoL evaluation photos comes from this script (the
+command is in the README). Photos are enhanced whole, as ``mirnet enhance`` would.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tqdm import tqdm
+
+import mirnet
+from mirnet.classical import clahe, gamma_to_mean
+from mirnet.evaluate import comparison_figure
+from mirnet.io import read_image
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("photos", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, required=True, help="picture to write (.png or .jpg)")
+    parser.add_argument("--model", default=None, help="bundled model name (default: the default model)")
+    parser.add_argument("--width", type=int, default=300, help="width of each picture in the grid")
+    args = parser.parse_args()
+
+    enhancer = mirnet.load_model(args.model)
+    label = f"MIRNet {enhancer.info['name']}"
+    rows = {}
+    for photo in tqdm(args.photos, unit="photo"):
+        dark = read_image(photo)
+        name = f"{photo.parent.name}/{photo.name}"
+        name = name if len(name) <= 20 else photo.name  # the label must fit above the picture
+        rows[name] = {
+            "input": dark,
+            "gamma": gamma_to_mean(dark),
+            "CLAHE": clahe(dark),
+            label: enhancer(dark),
+        }
+    print(comparison_figure(rows, args.out, tile_width=args.width))
+
+
+if __name__ == "__main__":
+    main()
