@@ -193,8 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     enhance.add_argument(
         "--fast",
         action="store_true",
-        help="--compile plus bf16 where the CPU or GPU has it: about 4x faster per photo on an "
-        "AVX-512 CPU, after a compilation of about 30 s per photo size (cached on disk between runs)",
+        help="--compile plus bf16 where the CPU or GPU has it: about 2.5x faster per photo on an "
+        "AVX-512 CPU, after a compilation of about 20 s (tiny) per photo size",
     )
     enhance.add_argument("--bits", type=int, choices=[8, 16], default=8, help="PNG bit depth (default 8)")
     enhance.add_argument(

@@ -193,6 +193,8 @@ class Enhancer:
             (CPU, fp32; the export is cached, see :func:`mirnet.export.cached_onnx`).
         compile: ``torch.compile`` the model (with weight freezing): faster per photo, but the
             first photo of each new size pays a compilation of about a minute.
+        channels_last: run the torch backend in channels-last memory layout (the default;
+            about 1.4x faster on CPU). ``False`` is plain PyTorch, the benchmarks' baseline.
 
     Tiled photos run through the eager model whatever the backend, because only it can be
     given the photo-wide attention statistics (see :class:`GlobalContext`).
@@ -208,6 +210,7 @@ class Enhancer:
         overlap: int = DEFAULT_OVERLAP,
         backend: str = "torch",
         compile: bool = False,
+        channels_last: bool = True,
     ):
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
@@ -231,16 +234,23 @@ class Enhancer:
             weights = self.info.get("weights")
             onnx_path = weights if weights and str(weights).endswith(".onnx") else cached_onnx(model, weights)
             self._run = OnnxModel(onnx_path)
-        elif compile:
-            self._run = _compiled(self.model)
+        else:
+            if channels_last:
+                # 1.4x faster than NCHW on CPU for this network (oneDNN convolutions and
+                # bilinear upsampling prefer it), same results to ~1e-6.
+                self.model = self.model.to(memory_format=torch.channels_last)
+            self._run = _compiled(self.model) if compile else self.model
         self.run_compiled = compile and backend == "torch"
+        use_channels_last = channels_last and backend == "torch"
+        self.memory_format = torch.channels_last if use_channels_last else torch.contiguous_format
 
     def _forward(
         self, batch: torch.Tensor, run: Callable[[torch.Tensor], torch.Tensor] | None = None
     ) -> torch.Tensor:
-        batch = batch.to(self.device)
+        batch = batch.to(self.device).contiguous(memory_format=self.memory_format)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            return (run or self._run)(batch).float().clamp(0.0, 1.0)
+            out = (run or self._run)(batch)
+        return out.float().clamp(0.0, 1.0).contiguous()
 
     def tile_for(self, height: int, width: int) -> int:
         """The tile size used for a photo of this size (0 = whole photo at once)."""
