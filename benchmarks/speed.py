@@ -213,7 +213,9 @@ def main() -> None:
         "command": "python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
     }
     print(table(rows, meta))
-    out_json = Path(args.json or ROOT / "benchmarks" / "results" / f"speed-{args.device.split(':')[0]}.json")
+    suffix = "-large" if args.large else ""
+    default_json = ROOT / "benchmarks" / "results" / f"speed-{args.device.split(':')[0]}{suffix}.json"
+    out_json = Path(args.json or default_json)
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"wrote {out_json}", file=sys.stderr)

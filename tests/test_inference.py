@@ -1,5 +1,6 @@
 """The shipped model, the enhance API and CLI, tiling, the fast paths and ONNX export."""
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +102,10 @@ def test_enhance_cli_on_the_samples_folder(tmp_path):
     outputs = sorted(p.name for p in tmp_path.iterdir())
     assert outputs == sorted(f"{p.stem}_enhanced.png" for p in SAMPLES)
     assert read_image(tmp_path / outputs[0]).mean() > read_image(SAMPLES[0]).mean()
+
+
+def test_a_missing_optional_extra_is_named(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # makes `import onnx` fail as if not installed
+    assert main(["export", "--model", "tiny", "--format", "onnx", str(tmp_path / "tiny.onnx")]) == 1
+    assert "pip install -c constraints.txt -e '.[onnx]'" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-pytest.importorskip("fastapi", reason="mirnet serve needs the serve extra: pip install 'mirnet[serve]'")
+pytest.importorskip("fastapi", reason="mirnet serve needs the serve extra (pip install -e '.[serve]')")
 try:
     from fastapi.testclient import TestClient
 except RuntimeError as err:  # Starlette's TestClient needs httpx2 (or the older httpx)

@@ -32,6 +32,17 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+# Packages of the optional extras (pyproject.toml), for a helpful error when one is missing.
+OPTIONAL_PACKAGES = {
+    "onnx": "onnx",
+    "onnxruntime": "onnx",
+    "onnxscript": "onnx",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "multipart": "serve",
+}
+
+
 def _report(command: str, path, message: str) -> None:
     print(f"mirnet {command}: error: {path}: {message}", file=sys.stderr)
 
@@ -55,9 +66,9 @@ def _enhance(args: argparse.Namespace) -> int:
     for failure in failures:
         _report("enhance", failure.input, failure.error)
     precision, compile = args.precision, args.compile
-    if args.fast:
+    if args.fast and args.backend == "torch" and not str(args.weights or "").endswith(".onnx"):
         # The fastest path measured on CPU (benchmarks/speed.py): compiled, in bf16 where the
-        # hardware has it; output within 40 dB of the fp32 reference (tested).
+        # hardware has it; output at least 40 dB from the fp32 reference (tested).
         precision = "bf16" if supports_bf16(args.device) else "fp32"
         compile = True
     enhancer = load_model(
@@ -164,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     enhance.add_argument("-o", "--output", metavar="DIR", help="folder for the results (created if needed)")
     source = enhance.add_mutually_exclusive_group()
     source.add_argument("--model", help="bundled model name (default: the default model)")
-    source.add_argument("--weights", metavar="FILE", help="a .safetensors weights file from mirnet train")
+    source.add_argument(
+        "--weights", metavar="FILE", help="a .safetensors weights file from mirnet train, or an .onnx export"
+    )
     enhance.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     enhance.add_argument(
         "--precision",
@@ -188,13 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     enhance.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile the model: faster per photo after a ~1 min compilation per photo size",
+        help="torch.compile the model: faster per photo after a compilation of 20-70 s per photo size",
     )
     enhance.add_argument(
         "--fast",
         action="store_true",
         help="--compile plus bf16 where the CPU or GPU has it: about 2.5x faster per photo on an "
-        "AVX-512 CPU, after a compilation of about 20 s (tiny) per photo size",
+        "AVX-512 CPU, after a compilation of about 20 s (tiny) per photo size; ignored by onnxruntime",
     )
     enhance.add_argument("--bits", type=int, choices=[8, 16], default=8, help="PNG bit depth (default 8)")
     enhance.add_argument(
@@ -280,6 +293,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except ModuleNotFoundError as err:
+        extra = OPTIONAL_PACKAGES.get((err.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(
+            f"mirnet {args.command}: error: this needs {err.name}, from the {extra} extra: "
+            f"pip install -c constraints.txt -e '.[{extra}]'",
+            file=sys.stderr,
+        )
+        return 1
     except (ImageReadError, PairedDataError, WeightsError, OSError) as err:
         if getattr(args, "verbose", False):
             traceback.print_exc()

@@ -24,6 +24,8 @@ OPSET = 18
 def export_onnx(model: MIRNet, path: str | os.PathLike, dynamo: bool = False, opset: int = OPSET) -> Path:
     """Write ``model`` as an ONNX file taking ``image`` (N, 3, H, W) in [0, 1], any N, H, W,
     and returning ``enhanced`` of the same shape (not clamped, as the PyTorch model)."""
+    import onnx  # noqa: F401  torch.onnx needs it; importing it here names it if it is missing
+
     path = Path(path)
     model = model.eval().cpu()
     example = torch.rand(1, 3, 64, 96)

@@ -51,7 +51,7 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; "
     "frame-ancestors 'none'"
 )
-INSTALL_HINT = "mirnet serve needs the serve extra: pip install 'mirnet[serve]'"
+INSTALL_HINT = "mirnet serve needs the serve extra: pip install -c constraints.txt -e '.[serve]'"
 
 
 class UploadError(Exception):
@@ -313,7 +313,7 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="enhance photos in the browser (local web app and HTTP API)",
         description="Serve a web page for enhancing photos (drop a photo, compare before/after, download "
         "the PNG) and an HTTP API (POST /enhance, GET /models, GET /health). Listens on localhost only "
-        "unless --host says otherwise. Needs the serve extra: pip install 'mirnet[serve]'.",
+        "unless --host says otherwise. Needs the serve extra: pip install -c constraints.txt -e '.[serve]'.",
     )
     serve.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")

@@ -15,7 +15,7 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
     "paper": dict(features=64, chan_factor=2, num_groups=3, num_blocks=2, height=3, width=2),
     "small": dict(features=32, chan_factor=2, num_groups=2, num_blocks=2, height=3, width=2),
     "tiny": dict(features=16, chan_factor=2, num_groups=1, num_blocks=2, height=3, width=2),
-    # For tests and smoke runs: a few thousand parameters, every kind of layer present.
+    # For tests and smoke runs: 84k parameters, every kind of layer present.
     "nano": dict(features=8, chan_factor=2, num_groups=1, num_blocks=1, height=3, width=2),
 }
 
