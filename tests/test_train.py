@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import mirnet
 from mirnet.cli import main
 from mirnet.train import DEFAULTS, Trainer, TrainingDiverged, deep_merge, load_config, train
 
@@ -109,3 +110,20 @@ def test_log_after_resume_at_an_epoch_boundary(paired_dataset, tmp_path):
 def _rows_without_time(log: Path) -> list[dict[str, str]]:
     with open(log, newline="") as handle:
         return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)]
+
+
+def test_fine_tuning_starts_from_the_given_weights(paired_dataset, tmp_path):
+    from mirnet.weights import WeightsError, arch_config, save_weights
+
+    torch.manual_seed(123)
+    nano, tiny = mirnet.build_model("nano"), mirnet.build_model("tiny")
+    start = save_weights(tmp_path / "start.safetensors", nano, "nano", arch_config("nano"))
+    # With a learning rate of 0 the weights cannot move: the run must end where it started.
+    config = _config(lr=0.0, init_weights=str(start))
+    weights = train(config, paired_dataset, tmp_path / "run", progress=False)
+    begun, ended = load_file(start), load_file(weights)
+    assert all(torch.equal(begun[key], ended[key]) for key in begun)
+
+    other = save_weights(tmp_path / "tiny.safetensors", tiny, "tiny", arch_config("tiny"))
+    with pytest.raises(WeightsError, match="init_weights has configuration"):
+        train(_config(init_weights=str(other)), paired_dataset, tmp_path / "run2", progress=False)

@@ -46,7 +46,7 @@ from mirnet.data import PairedPatchDataset, find_pairs, load_pair, sample_seed, 
 from mirnet.io import atomic_path
 from mirnet.losses import EnhancementLoss
 from mirnet.metrics import psnr_per_image, ssim_per_image
-from mirnet.weights import arch_config, save_weights
+from mirnet.weights import WeightsError, arch_config, load_weights, save_weights
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
@@ -73,6 +73,9 @@ DEFAULTS: dict[str, Any] = {
         "checkpoint_every": 100,  # steps between last.pt saves, besides every epoch end
         "validate_every": 1,  # epochs
         "tensorboard": False,
+        # Weights to start from instead of a random initialisation (fine-tuning): a bundled
+        # model name or a .safetensors file of the same configuration. Ignored on --resume.
+        "init_weights": None,
     },
 }
 
@@ -249,8 +252,11 @@ class Trainer:
         model_cfg = dict(config["model"])
         self.model_name = model_cfg.pop("name")
         self.arch = arch_config(self.model_name, **model_cfg)
+        self.model = MIRNet(**self.arch)
+        if train_cfg["init_weights"] and not resume:
+            self._init_from(train_cfg["init_weights"])
         # Channels-last layout: a 1.2x faster training step on CPU (oneDNN prefers it).
-        self.model = MIRNet(**self.arch).to(self.device, memory_format=torch.channels_last)
+        self.model = self.model.to(self.device, memory_format=torch.channels_last)
         self.ddp = (
             DistributedDataParallel(
                 self.model, device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None
@@ -329,6 +335,18 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
 
             self.writer = SummaryWriter(self.run_dir / "tensorboard")
+
+    def _init_from(self, name_or_path: str) -> None:
+        """Start from trained weights (fine-tuning); they must have this run's configuration."""
+        from mirnet.inference import resolve_weights
+
+        path = resolve_weights(name_or_path)
+        trained, info = load_weights(path)
+        if info["arch"] != self.arch:
+            raise WeightsError(
+                f"{path}: init_weights has configuration {info['arch']}, but this run trains {self.arch}"
+            )
+        self.model.load_state_dict(trained.state_dict())
 
     # -- files ---------------------------------------------------------------------------
     def _write_run_files(self) -> None:
