@@ -109,3 +109,10 @@ def test_a_missing_optional_extra_is_named(monkeypatch, tmp_path, capsys):
     assert main(["export", "--model", "tiny", "--format", "onnx", str(tmp_path / "tiny.onnx")]) == 1
     assert "pip install -c constraints.txt -e '.[onnx]'" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_onnxruntime_refuses_bf16_in_one_line(tmp_path, capsys):
+    args = ["enhance", str(SAMPLES[0]), "-o", str(tmp_path)]
+    args += ["--backend", "onnxruntime", "--precision", "bf16"]
+    assert main(args) == 1
+    assert "runs in fp32 only" in capsys.readouterr().err and not list(tmp_path.iterdir())

@@ -66,7 +66,11 @@ def _enhance(args: argparse.Namespace) -> int:
     for failure in failures:
         _report("enhance", failure.input, failure.error)
     precision, compile = args.precision, args.compile
-    if args.fast and args.backend == "torch" and not str(args.weights or "").endswith(".onnx"):
+    onnx = args.backend == "onnxruntime" or str(args.weights or "").endswith(".onnx")
+    if onnx and precision != "fp32":
+        print("mirnet enhance: error: the onnxruntime backend runs in fp32 only", file=sys.stderr)
+        return 1
+    if args.fast and not onnx:
         # The fastest path measured on CPU (benchmarks/speed.py): compiled, in bf16 where the
         # hardware has it; output at least 40 dB from the fp32 reference (tested).
         precision = "bf16" if supports_bf16(args.device) else "fp32"
