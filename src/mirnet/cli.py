@@ -51,7 +51,8 @@ def _enhance(args: argparse.Namespace) -> int:
     from PIL.Image import DecompressionBombWarning
 
     from mirnet.enhance import collect_inputs, enhance_files, plan_outputs
-    from mirnet.inference import load_model, supports_bf16
+    from mirnet.inference import load_model
+    from mirnet.weights import WeightsError
 
     out_dir = Path(args.output) if args.output else None
     if out_dir is not None:
@@ -65,24 +66,21 @@ def _enhance(args: argparse.Namespace) -> int:
     failures += refused
     for failure in failures:
         _report("enhance", failure.input, failure.error)
-    precision, compile = args.precision, args.compile
-    onnx = args.backend == "onnxruntime" or str(args.weights or "").endswith(".onnx")
-    if onnx and precision != "fp32":
-        print("mirnet enhance: error: the onnxruntime backend runs in fp32 only", file=sys.stderr)
+    try:
+        enhancer = load_model(
+            args.weights or args.model,
+            device=args.device,
+            precision=args.precision,
+            tile=args.tile,
+            backend=args.backend,
+            compile=args.compile,
+            fast=args.fast,
+        )
+    except WeightsError:
+        raise  # main reports it
+    except ValueError as err:  # options that do not go together, e.g. bf16 with onnxruntime
+        print(f"mirnet enhance: error: {err}", file=sys.stderr)
         return 1
-    if args.fast and not onnx:
-        # The fastest path measured on CPU (benchmarks/speed.py): compiled, in bf16 where the
-        # hardware has it; output at least 40 dB from the fp32 reference (tested).
-        precision = "bf16" if supports_bf16(args.device) else "fp32"
-        compile = True
-    enhancer = load_model(
-        args.weights or args.model,
-        device=args.device,
-        precision=precision,
-        tile=args.tile,
-        backend=args.backend,
-        compile=compile,
-    )
 
     def show(outcome) -> None:
         if outcome.error:

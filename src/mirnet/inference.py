@@ -230,7 +230,7 @@ class Enhancer:
             from mirnet.export import OnnxModel, cached_onnx
 
             if precision != "fp32":
-                raise ValueError("the onnxruntime backend runs in fp32")
+                raise ValueError("the onnxruntime backend runs in fp32 only")
             weights = self.info.get("weights")
             onnx_path = weights if weights and str(weights).endswith(".onnx") else cached_onnx(model, weights)
             self._run = OnnxModel(onnx_path)
@@ -240,7 +240,6 @@ class Enhancer:
                 # bilinear upsampling prefer it), same results to ~1e-6.
                 self.model = self.model.to(memory_format=torch.channels_last)
             self._run = _compiled(self.model) if compile else self.model
-        self.run_compiled = compile and backend == "torch"
         use_channels_last = channels_last and backend == "torch"
         self.memory_format = torch.channels_last if use_channels_last else torch.contiguous_format
 
@@ -358,10 +357,14 @@ def load_model(
     overlap: int = DEFAULT_OVERLAP,
     backend: str = "torch",
     compile: bool = False,
+    fast: bool = False,
 ) -> Enhancer:
     """Load a bundled model by name (``None``: the default) or a weights file by path.
 
-    See :class:`Enhancer` for the other arguments.
+    ``fast`` picks the fastest path measured on CPU (benchmarks/speed.py) for the torch
+    backend: compiled, in bf16 where the hardware has it (output at least 40 dB from the fp32
+    reference, tested); the onnxruntime backend ignores it. See :class:`Enhancer` for the
+    other arguments.
 
     >>> enhancer = mirnet.load_model()
     >>> bright = enhancer.enhance(PIL.Image.open("dark.jpg"))
@@ -374,6 +377,9 @@ def load_model(
     else:
         model, info = load_weights(path)
     info["weights"] = str(path)
+    if fast and backend == "torch":
+        precision = "bf16" if supports_bf16(device) else "fp32"
+        compile = True
     return Enhancer(
         model,
         info,

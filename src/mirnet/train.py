@@ -301,9 +301,7 @@ class Trainer:
                 # Temporary files of writes cut short by a SIGKILL: harmless, but they pile up.
                 for stale in self.run_dir.glob(".*.tmp"):
                     stale.unlink(missing_ok=True)
-                # The run goes on with this config (for example more epochs): record it.
-                with atomic_path(self.run_dir / "config.yaml") as tmp:
-                    tmp.write_text(yaml.safe_dump(self.config, sort_keys=False))
+                self._write_config()  # the run goes on with this config (e.g. more epochs)
         else:
             # Rank 0's view decides, for every rank: the others may not see its disk, and a rank
             # that raised alone would leave the rest waiting in a collective.
@@ -349,9 +347,12 @@ class Trainer:
         self.model.load_state_dict(trained.state_dict())
 
     # -- files ---------------------------------------------------------------------------
-    def _write_run_files(self) -> None:
+    def _write_config(self) -> None:
         with atomic_path(self.run_dir / "config.yaml") as tmp:
             tmp.write_text(yaml.safe_dump(self.config, sort_keys=False))
+
+    def _write_run_files(self) -> None:
+        self._write_config()
         split = {
             "data": str(self.data_root),
             "train": [p.name for p in self.train_pairs],
@@ -592,6 +593,7 @@ class Trainer:
                     if stopping:
                         bar.close()
                         self._broadcast([0.0])  # no rank exits (and gets the rest killed) before the save
+                        # A rank stopped by another's signal reports SIGTERM, as torchrun sends.
                         self.stopped_by = stop.signal or signal.SIGTERM
                         if self.dist.is_main:
                             how = f"signal {stop.signal}" if stop.signal else "a signal to another rank"
@@ -695,7 +697,7 @@ def train(
     try:
         weights = trainer.fit()
         if weights is None:
-            raise TrainingStopped(trainer.stopped_by or signal.SIGINT)
+            raise TrainingStopped(trainer.stopped_by)  # fit() returns None only when stopped
         return weights
     finally:
         if trainer.writer:
