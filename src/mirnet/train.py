@@ -603,10 +603,12 @@ class Trainer:
                         bar.close()
                         return self._finish()
                 bar.close()
-                self._end_epoch(epoch, len(batches), time.perf_counter() - began)
+                self._end_epoch(epoch, len(batches), len(batches) - start, time.perf_counter() - began)
         return self._finish()
 
-    def _end_epoch(self, epoch: int, steps: int, seconds: float) -> None:
+    def _end_epoch(self, epoch: int, steps: int, steps_run: int, seconds: float) -> None:
+        """Validate, log and checkpoint after an epoch of ``steps`` steps, ``steps_run`` of
+        which ran in this process's lifetime, in ``seconds`` (training only, not validation)."""
         cfg = self.config["train"]
         # Each step's loss is already the mean over ranks.
         mean_loss = self.position["epoch_loss_sum"] / max(steps, 1)
@@ -635,6 +637,8 @@ class Trainer:
                     "val_ssim": round(scores["ssim"], 5),
                     "lr": self.optimizer.param_groups[0]["lr"],
                     "seconds": round(seconds, 1),
+                    # Training steps only; a resumed epoch counts the steps run since the resume.
+                    "seconds_per_step": round(seconds / steps_run, 4) if steps_run else math.nan,
                 }
             )
             tqdm.write(
