@@ -9,6 +9,7 @@ MixUp across ranks.
 from __future__ import annotations
 
 import csv
+import math
 import os
 import shutil
 import socket
@@ -66,6 +67,7 @@ WORKER = textwrap.dedent(
         result = fit(self)
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
         state["position"] = self.position
+        state["scaler"] = self.scaler.state_dict() if self.scaler else None
         torch.save(state, os.path.join(os.environ["DUMP_DIR"], f"rank{self.dist.rank}.pt"))
         return result
 
@@ -223,3 +225,22 @@ def test_resume_with_another_world_size(ddp_run, dataset, tmp_path, one_thread):
     position = torch.load(run / "last.pt", weights_only=True)["position"]
     assert position["epoch"] == 2 and position["global_step"] == 8
     assert _max_difference(_last_model(run), _last_model(ddp_run["run"])) <= TOLERANCE
+
+
+def test_fp16_with_gradient_scaler_and_clipping(dataset, tmp_path):
+    """AMP as a GPU without bf16 runs it (fp16 autocast, a GradScaler, clipping the unscaled,
+    already-averaged gradient), on gloo: the ranks must still make the same updates."""
+    dumps = tmp_path / "dumps"
+    dumps.mkdir()
+    config = _write_config(tmp_path / "fp16.yaml", _config(precision="fp16", grad_clip=0.01))
+    worker = tmp_path / "worker.py"
+    worker.write_text(WORKER)
+    target = [str(worker), "train", "--config", str(config), "--data", str(dataset), "--out", "run"]
+    _torchrun(target, tmp_path, DUMP_DIR=str(dumps))
+    ranks = [torch.load(dumps / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    assert ranks[0]["scaler"] is not None and ranks[0]["scaler"] == ranks[1]["scaler"]
+    for key, value in ranks[0]["model"].items():
+        assert torch.equal(value, ranks[1]["model"][key]), key
+    checkpoint = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert checkpoint["scaler"] == ranks[0]["scaler"]
+    assert all(math.isfinite(float(row["train_loss"])) for row in _log(tmp_path / "run"))

@@ -55,10 +55,19 @@ def test_smoke_train_resume_export_evaluate(paired_dataset, tmp_path, capsys):
     assert "PSNR" in capsys.readouterr().out
 
 
-def test_interrupted_and_resumed_run_matches_uninterrupted(paired_dataset, tmp_path):
-    straight = train(_config(), paired_dataset, tmp_path / "a", progress=False)
-    train(_config(max_steps=5), paired_dataset, tmp_path / "b", progress=False)  # stops mid-epoch 2
-    resumed = train(_config(), paired_dataset, tmp_path / "b", resume=True, progress=False)
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_interrupted_and_resumed_run_matches_uninterrupted(paired_dataset, tmp_path, precision):
+    # fp16 is the AMP path of a GPU without bf16, on the CPU here: autocast, a GradScaler (whose
+    # state must resume too) and clipping of the unscaled gradient.
+    overrides = {"precision": precision, "grad_clip": 0.01 if precision == "fp16" else None}
+    straight = train(_config(**overrides), paired_dataset, tmp_path / "a", progress=False)
+    train(_config(max_steps=5, **overrides), paired_dataset, tmp_path / "b", progress=False)  # mid-epoch 2
+    if precision == "fp16":
+        saved = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["scaler"]
+        assert saved["_growth_tracker"] == 5  # 5 steps without an overflow since the scale was set
+        trainer = Trainer(_config(**overrides), paired_dataset, tmp_path / "b", resume=True, progress=False)
+        assert trainer.scaler.state_dict() == saved
+    resumed = train(_config(**overrides), paired_dataset, tmp_path / "b", resume=True, progress=False)
     a, b = load_file(straight), load_file(resumed)
     assert a.keys() == b.keys()
     for key in a:
