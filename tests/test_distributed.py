@@ -1,9 +1,9 @@
 """DistributedDataParallel training on the CPU: 2 gloo processes started by torchrun.
 
-Every test shares one 2-process run (``ddp_run``) of the nano model on a tiny synthetic set:
+Most tests share one 2-process run (``ddp_run``) of the nano model on a tiny synthetic set:
 per-process batch 2, so effective batch 4; 16 samples an epoch (8 pairs x repeat 2), so 4
 steps an epoch, for 2 epochs. The smoke config's MixUp stays on, so the checks also cover
-MixUp across ranks.
+MixUp across ranks. Two more runs cover fp16 with its gradient scaler and a two-node launch.
 """
 
 from __future__ import annotations
@@ -83,9 +83,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _torchrun(target: list[str], cwd: Path, rendezvous: str = "static", **env: str) -> str:
-    """Run ``torchrun --nproc_per_node 2 TARGET`` on localhost; returns its output."""
-    port = _free_port()
+def _environment(port: int, **env: str) -> dict[str, str]:
     environment = {
         key: value
         for key, value in os.environ.items()
@@ -93,6 +91,13 @@ def _torchrun(target: list[str], cwd: Path, rendezvous: str = "static", **env: s
     }
     # One thread per process: 2 processes on 2 cores, and no oversubscription.
     environment.update(OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **env)
+    return environment
+
+
+def _torchrun(target: list[str], cwd: Path, rendezvous: str = "static", **env: str) -> str:
+    """Run ``torchrun --nproc_per_node 2 TARGET`` on localhost; returns its output."""
+    port = _free_port()
+    environment = _environment(port, **env)
     if rendezvous == "c10d":  # what several machines use (docs/distributed.md), on one here
         launch = ["--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "test"]
     else:
@@ -244,3 +249,32 @@ def test_fp16_with_gradient_scaler_and_clipping(dataset, tmp_path):
     checkpoint = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert checkpoint["scaler"] == ranks[0]["scaler"]
     assert all(math.isfinite(float(row["train_loss"])) for row in _log(tmp_path / "run"))
+
+
+def test_two_nodes_joined_by_rendezvous(ddp_run, dataset, tmp_path):
+    """The several-machines launch of docs/distributed.md, with two "machines" on localhost:
+    two torchrun agents of one process each, joined by the c10d rendezvous, each in its own
+    working directory, as machines that share no filesystem would be."""
+    config = _write_config(tmp_path / "ddp.yaml", _config())
+    port = _free_port()
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1"]
+    launch += ["--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "two-nodes"]
+    target = ["-m", "mirnet", "train", "--config", str(config), "--data", str(dataset), "--out", "run"]
+    nodes = [tmp_path / "node_a", tmp_path / "node_b"]
+    agents = []
+    for node in nodes:
+        node.mkdir()
+        agents.append(
+            subprocess.Popen(
+                [*launch, *target], cwd=node, env=_environment(port), stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, text=True,
+            )
+        )  # fmt: skip
+    outputs = [agent.communicate(timeout=300)[0] for agent in agents]
+    assert [agent.returncode for agent in agents] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    # The rendezvous picks which node holds rank 0; that node alone has the run directory.
+    written = [node for node in nodes if any(node.iterdir())]
+    assert len(written) == 1 and {p.name for p in (written[0] / "run").iterdir()} == RUN_FILES
+    assert sum(output.count("weights: run/model.safetensors") for output in outputs) == 1
+    # 2 nodes x 1 process train as 1 node x 2 processes do: the same world, the same batches.
+    assert _max_difference(_last_model(written[0] / "run"), _last_model(ddp_run["run"])) <= TOLERANCE
