@@ -193,7 +193,7 @@ def test_enhance_subprocess_exit_status_and_stderr(tmp_path, weights):
     )
     assert result.returncode == 1, result.stderr
     assert sorted(_error_lines(result.stderr)) == [
-        "mirnet enhance: error: missing.jpg: no such file",
+        "mirnet enhance: error: missing.jpg: no such file or folder",
         "mirnet enhance: error: text.png: not an image file Pillow can read",
     ]
     assert _listing(tmp_path / "out") == {"good_enhanced.png"}
@@ -431,3 +431,37 @@ def test_random_bytes_only_ever_raise_image_read_error(prefix, keep, tail, flips
             assert str(path) in str(err) and "\n" not in str(err)
         else:
             assert image.dtype == torch.float32 and image.shape[0] == 3
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--device", "gpu"], "unknown device 'gpu'"),
+        (["--device", "cuda:7"], "device 'cuda:7'"),  # no such GPU here, or no CUDA at all
+        (["--tile", "7"], "tile size 7: use 0 (no tiling) or more than twice"),
+        (["--tile", "-5"], "tile size -5"),
+    ],
+)
+def test_bad_options_fail_in_one_line_before_any_photo(tmp_path, weights, capsys, option, message):
+    if option[0] == "--device" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    Image.fromarray(RGB).save(tmp_path / "a.png")
+    args = ["enhance", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--weights", str(weights)]
+    assert main([*args, *option]) == 1
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert message in line and str(tmp_path / "a.png") not in line  # about the option, not the photo
+    assert _listing(tmp_path / "out") == set()
+
+
+def test_missing_inputs_are_reported_without_loading_a_model(tmp_path, monkeypatch, capsys):
+    import mirnet.inference
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded with nothing to enhance")
+
+    monkeypatch.setattr(mirnet.inference, "load_model", no_model)
+    assert main(["enhance", str(tmp_path / "missing.png"), str(tmp_path / "gone"), "-q"]) == 1
+    assert sorted(_error_lines(capsys.readouterr().err)) == [
+        f"mirnet enhance: error: {tmp_path / 'gone'}: no such file or folder",
+        f"mirnet enhance: error: {tmp_path / 'missing.png'}: no such file or folder",
+    ]

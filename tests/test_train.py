@@ -1,5 +1,6 @@
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -100,10 +101,41 @@ def test_test_pairs_are_never_read(paired_dataset, tmp_path, monkeypatch):
     assert read and all("test" not in p.parts for p in read)
 
 
-def test_unknown_config_keys_are_refused(tmp_path):
-    (tmp_path / "bad.yaml").write_text("modle: {name: nano}\n")
-    with pytest.raises(ValueError, match="modle"):
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ("modle: {name: nano}\n", "modle"),
+        ("train: {epoch: 3}\n", "unknown keys in train: ['epoch']"),  # the default 100 would apply
+        ("model: {name: nano, featurs: 8}\n", "unknown keys in model: ['featurs']"),
+        ("data: 4\n", "data must be a mapping"),
+    ],
+)
+def test_unknown_config_keys_are_refused(tmp_path, capsys, text, named):
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(ValueError, match=re.escape(named)):
         load_config(tmp_path / "bad.yaml")
+    # ...and the command says so in one line, before reading any data.
+    assert main(["train", "--config", str(tmp_path / "bad.yaml"), "--data", str(tmp_path / "none")]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("mirnet train: error:") and named in line
+
+
+def test_model_section_accepts_architecture_overrides(tmp_path):
+    (tmp_path / "ok.yaml").write_text("model: {name: nano, features: 4}\n")
+    assert load_config(tmp_path / "ok.yaml")["model"] == {"name": "nano", "features": 4}
+
+
+def test_evaluate_warns_about_a_folder_without_splits_and_unknown_figure_names(tmp_path, capsys):
+    from tests.conftest import make_pairs
+
+    flat = make_pairs(tmp_path / "flat", ".", 3)  # flat/{low,high}: the same pairs for every split
+    out = tmp_path / "eval"
+    args = ["evaluate", "--data", str(flat), "--classical-only", "--figure", "nope", "--out", str(out), "-q"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "has no train/test split" in captured.err
+    assert "--figure: no pair named nope" in captured.err
+    assert not (out / "comparison.png").exists() and "comparison.png" not in captured.out
 
 
 def test_log_after_resume_at_an_epoch_boundary(paired_dataset, tmp_path):

@@ -66,6 +66,10 @@ def _enhance(args: argparse.Namespace) -> int:
     failures += refused
     for failure in failures:
         _report("enhance", failure.input, failure.error)
+    if not plan:  # nothing readable to do: no need to load a model
+        if not args.quiet:
+            print("enhanced 0 images", file=sys.stderr)
+        return 1
     try:
         enhancer = load_model(
             args.weights or args.model,
@@ -99,9 +103,9 @@ def _enhance(args: argparse.Namespace) -> int:
     failed = len(failures) + sum(1 for o in outcomes if o.error)
     done = sum(1 for o in outcomes if o.output)
     if not args.quiet:
-        where = out_dir if out_dir is not None else "beside the inputs"
+        where = f"into {out_dir}" if out_dir is not None else "beside the inputs"
         print(
-            f"enhanced {done} image(s) into {where}" + (f"; {failed} failed" if failed else ""),
+            f"enhanced {done} image(s), written {where}" + (f"; {failed} failed" if failed else ""),
             file=sys.stderr,
         )
     return 1 if failed else 0
@@ -109,18 +113,32 @@ def _enhance(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from mirnet.classical import CLASSICAL_METHODS
-    from mirnet.data import find_pairs
+    from mirnet.data import find_pairs, resolve_pair_folders
     from mirnet.evaluate import comparison_figure, evaluate_methods, markdown_table, write_reports
     from mirnet.inference import load_model
+    from mirnet.weights import WeightsError
 
     split = "test" if args.split == "eval" else args.split
     pairs = find_pairs(args.data, split)
+    # ROOT/{low,high}/ directly (no split folders) serves every split, training included.
+    if split != "train" and resolve_pair_folders(args.data, split)[0].parent == Path(args.data):
+        print(
+            f"mirnet evaluate: warning: {args.data} has no train/test split, so its pairs serve "
+            "as both: a model trained on this folder is being scored on its own training pairs",
+            file=sys.stderr,
+        )
     if args.limit:
         pairs = pairs[: args.limit]
     methods = {} if args.no_classical else dict(CLASSICAL_METHODS)
     meta = {"data": str(args.data), "split": split, "command": " ".join(["mirnet", *sys.argv[1:]])}
     if not args.classical_only:
-        enhancer = load_model(args.weights or args.model, device=args.device, precision=args.precision)
+        try:
+            enhancer = load_model(args.weights or args.model, device=args.device, precision=args.precision)
+        except WeightsError:
+            raise  # main reports it
+        except ValueError as err:  # e.g. --device cuda on a machine without CUDA
+            print(f"mirnet evaluate: error: {err}", file=sys.stderr)
+            return 1
         label = f"MIRNet {enhancer.info['name']}"
         methods[label] = enhancer.enhance_tensor
         meta["model"] = {
@@ -136,13 +154,22 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 2
     names = {p.name for p in pairs}
     figure_names = [n for n in (args.figure or [pairs[0].name]) if n in names]
+    unknown = [n for n in args.figure or [] if n not in names]
+    if unknown:
+        print(
+            f"mirnet evaluate: warning: --figure: no pair named {', '.join(unknown)} in this split "
+            f"(names look like {pairs[0].name})",
+            file=sys.stderr,
+        )
     rows, kept = evaluate_methods(pairs, methods, keep=set(figure_names), progress=not args.quiet)
     out_dir = Path(args.out)
     summary = write_reports(rows, out_dir, meta)
+    reports = ["results.md", "per_image.csv", "results.json"]
     if kept:
         comparison_figure({n: kept[n] for n in figure_names if n in kept}, out_dir / "comparison.png")
+        reports.append("comparison.png")
     print(markdown_table(summary, f"{args.data} ({split}, {len(pairs)} pairs)"))
-    print(f"reports in {out_dir}/ (results.md, per_image.csv, results.json, comparison.png)")
+    print(f"reports in {out_dir}/ ({', '.join(reports)})")
     return 0
 
 
@@ -152,6 +179,7 @@ def _export(args: argparse.Namespace) -> int:
     from mirnet.weights import load_weights
 
     model, info = load_weights(resolve_weights(args.weights or args.model))
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     path = export_onnx(model, args.output, dynamo=args.dynamo)
     print(f"wrote {path} ({info['name']}; input 'image' (N, 3, H, W) in [0, 1], output 'enhanced')")
     return 0
@@ -284,12 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mirnet`` console script.
 
-    Expected failures (a bad image, dataset or weights file, a file-system error) are
+    Expected failures (a bad image, dataset, config or weights file, a file-system error) are
     reported as one line naming the file, with exit status 1; ``-v``/``--verbose``, where a
     command has it, shows the traceback too. Ctrl-C exits with status 130.
     """
     from mirnet.data import PairedDataError
     from mirnet.io import ImageReadError
+    from mirnet.train import ConfigError
     from mirnet.weights import WeightsError
 
     args = build_parser().parse_args(argv)
@@ -305,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    except (ImageReadError, PairedDataError, WeightsError, OSError) as err:
+    except (ImageReadError, PairedDataError, WeightsError, ConfigError, OSError) as err:
         if getattr(args, "verbose", False):
             traceback.print_exc()
         print(f"mirnet {args.command}: error: {err}", file=sys.stderr)

@@ -42,7 +42,7 @@ def collect_inputs(arguments: Iterable[str]) -> tuple[list[Path], list[Outcome]]
 
     Folders skip files that are our own outputs (``*_enhanced.*``), so running twice on a
     folder does not enhance the first run's results. Returns (inputs, failures) where
-    failures are arguments that matched nothing.
+    failures are arguments that matched nothing or do not exist.
     """
     inputs: list[Path] = []
     failures: list[Outcome] = []
@@ -62,8 +62,10 @@ def collect_inputs(arguments: Iterable[str]) -> tuple[list[Path], list[Outcome]]
             if not found:
                 failures.append(Outcome(path, error="folder holds no images"))
             inputs.extend(found)
+        elif not path.exists():
+            failures.append(Outcome(path, error="no such file or folder"))
         else:
-            inputs.append(path)  # a missing or bad file is reported when it is read
+            inputs.append(path)  # a bad file is reported when it is read
     unique = list(dict.fromkeys(inputs))
     return unique, failures
 

@@ -55,10 +55,23 @@ def resolve_weights(name_or_path: str | os.PathLike | None) -> Path:
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """``None``/``"auto"``: CUDA when present, else the CPU."""
+    """``None``/``"auto"``: CUDA when present, else the CPU.
+
+    Raises ValueError, in one line a user can act on, for a name torch does not know or a
+    CUDA device this machine does not have (checked before any model is moved there).
+    """
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available here; use cpu or auto")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return resolved
 
 
 def _ramp(length: int, overlap: int) -> torch.Tensor:
@@ -216,6 +229,12 @@ class Enhancer:
             raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
         if backend not in ("torch", "onnxruntime"):
             raise ValueError(f"backend must be torch or onnxruntime, not {backend!r}")
+        if tile is not None and tile != 0 and not tile > 2 * overlap:
+            # Checked here rather than per photo, so a bad size fails once, before any work.
+            raise ValueError(
+                f"tile size {tile}: use 0 (no tiling) or more than twice the {overlap}-pixel "
+                f"overlap between tiles, i.e. at least {2 * overlap + 1}"
+            )
         self.device = pick_device(device) if backend == "torch" else torch.device("cpu")
         if model is None and backend != "onnxruntime":
             raise ValueError("an ONNX file runs only with backend='onnxruntime'")

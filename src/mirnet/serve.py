@@ -300,7 +300,7 @@ def _serve_command(args: argparse.Namespace) -> int:
         run_server(
             args.host, args.port, args.model, args.max_upload_mb, args.max_megapixels, args.device, args.tile
         )
-    except (ImportError, WeightsError) as err:
+    except (ImportError, WeightsError, ValueError) as err:  # ValueError: a bad --device or --tile
         print(f"mirnet serve: error: {err}", file=sys.stderr)
         return 1
     return 0

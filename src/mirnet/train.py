@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import inspect
 import json
 import math
 import os
@@ -80,6 +81,10 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+class ConfigError(ValueError):
+    """An experiment file that cannot be run as written: an unknown key, a bad value."""
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the run stops without writing broken weights."""
 
@@ -99,9 +104,25 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML experiment file and fill in the defaults."""
     with open(path) as handle:
         config = yaml.safe_load(handle) or {}
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: not a YAML mapping of sections (model, data, loss, train)")
     unknown = config.keys() - DEFAULTS.keys() - {"name", "description"}
     if unknown:
-        raise ValueError(f"{path}: unknown top-level keys {sorted(unknown)}")
+        raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)}")
+    # A misspelt key (epoch: for epochs:) would otherwise leave the default silently in force.
+    model_keys = {"name", *inspect.signature(MIRNet).parameters}
+    for section, defaults in DEFAULTS.items():
+        given = config.get(section)
+        if not isinstance(defaults, dict) or given is None:
+            continue
+        if not isinstance(given, dict):
+            raise ConfigError(f"{path}: {section} must be a mapping of keys, not {given!r}")
+        allowed = model_keys if section == "model" else defaults.keys()
+        unknown = given.keys() - allowed
+        if unknown:
+            raise ConfigError(
+                f"{path}: unknown keys in {section}: {sorted(unknown)}; known: {', '.join(sorted(allowed))}"
+            )
     return deep_merge(DEFAULTS, config)
 
 
@@ -160,7 +181,7 @@ def autocast_settings(precision: str, device: torch.device) -> tuple[torch.dtype
         # Also allowed on the CPU, where it is slow but takes the same path as a GPU without
         # bf16 (autocast, GradScaler, clipping the unscaled gradient): that is how it is tested.
         return torch.float16, True
-    raise ValueError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
+    raise ConfigError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
@@ -469,7 +490,7 @@ class Trainer:
         indices = shards[self.dist.rank]
         size = self.config["train"]["batch_size"]
         if len(indices) < size:
-            raise ValueError(
+            raise ConfigError(
                 f"{len(self.train_pairs)} training pairs x repeat {self.dataset.repeat} give {len(indices)} "
                 f"samples per process, fewer than one batch of {size}: raise data.repeat or lower batch_size"
             )
