@@ -172,3 +172,13 @@ def test_fine_tuning_starts_from_the_given_weights(paired_dataset, tmp_path):
     other = save_weights(tmp_path / "tiny.safetensors", tiny, "tiny", arch_config("tiny"))
     with pytest.raises(WeightsError, match="init_weights has configuration"):
         train(_config(init_weights=str(other)), paired_dataset, tmp_path / "run2", progress=False)
+
+
+def test_resuming_a_finished_run_says_so(paired_dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(_config(), paired_dataset, run, progress=False)
+    before = torch.load(run / "last.pt", weights_only=True)["position"]
+    capsys.readouterr()
+    assert train(_config(), paired_dataset, run, resume=True, progress=False) == run / "model.safetensors"
+    assert "already trained for 2 epochs; raise train.epochs" in capsys.readouterr().err
+    assert torch.load(run / "last.pt", weights_only=True)["position"] == before  # no step taken

@@ -585,6 +585,12 @@ class Trainer:
         """
         cfg = self.config["train"]
         max_steps = cfg["max_steps"]
+        if self.position["epoch"] >= cfg["epochs"] and self.dist.is_main:
+            print(
+                f"{self.run_dir}: already trained for {self.position['epoch']} epochs; raise "
+                "train.epochs in the config to train longer. Exporting the best weights again.",
+                file=sys.stderr,
+            )
         self.model.train()
         with _StopRequested() as stop:
             for epoch in range(self.position["epoch"], cfg["epochs"]):
