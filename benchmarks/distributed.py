@@ -24,6 +24,7 @@ runs use the whole machine. Writes JSON to benchmarks/results/distributed-{cpu,c
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import math
@@ -61,12 +62,11 @@ def synthetic_pairs(root: Path, count: int, size: tuple[int, int] = (400, 600)) 
     return root
 
 
-def run_config(base: Path, out: Path, data: Path, processes: int, steps: int) -> Path:
-    """The configuration at ``base``, shortened to 2 epochs of ``steps`` steps on ``processes``
-    (more when one pass over the training pairs takes more)."""
-    config = load_config(base)
+def run_config(base: dict[str, Any], out: Path, train_pairs: int, processes: int, steps: int) -> Path:
+    """Write ``base`` shortened to 2 epochs of ``steps`` steps on ``processes`` (more when one
+    pass over the ``train_pairs`` takes more) to ``out``."""
+    config = copy.deepcopy(base)
     batch = config["train"]["batch_size"]
-    train_pairs = len(find_pairs(data, "train")) - VALIDATION_PAIRS
     # An epoch is train_pairs * repeat samples, in steps of batch * processes.
     repeat = math.ceil(steps * batch * processes / train_pairs)
     config["data"].update(repeat=repeat, validation_pairs=VALIDATION_PAIRS)
@@ -132,14 +132,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         data = args.data or synthetic_pairs(work / "data", TRAIN_PAIRS + VALIDATION_PAIRS)
-        for base in args.config:
-            name = load_config(base)["name"]
-            batch = load_config(base)["train"]["batch_size"]
+        train_pairs = len(find_pairs(data, "train")) - VALIDATION_PAIRS
+        for path in args.config:
+            base = load_config(path)
+            name, batch = base["name"], base["train"]["batch_size"]
             baseline = None
             for processes in [None, *args.nproc]:
                 count = processes or 1
                 label = "plain" if processes is None else f"torchrun x{processes}"
-                config = run_config(base, work / f"{name}-{label}.yaml", data, count, args.steps)
+                config = run_config(base, work / f"{name}-{label}.yaml", train_pairs, count, args.steps)
                 print(f"{name}: {label} ...", file=sys.stderr, flush=True)
                 row = {"config": name, "launch": label, "processes": count, "batch_per_process": batch}
                 row["effective_batch"] = batch * count

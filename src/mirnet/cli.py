@@ -52,7 +52,6 @@ def _enhance(args: argparse.Namespace) -> int:
 
     from mirnet.enhance import collect_inputs, enhance_files, plan_outputs
     from mirnet.inference import load_model
-    from mirnet.weights import WeightsError
 
     out_dir = Path(args.output) if args.output else None
     if out_dir is not None:
@@ -70,21 +69,15 @@ def _enhance(args: argparse.Namespace) -> int:
         if not args.quiet:
             print("enhanced 0 images", file=sys.stderr)
         return 1
-    try:
-        enhancer = load_model(
-            args.weights or args.model,
-            device=args.device,
-            precision=args.precision,
-            tile=args.tile,
-            backend=args.backend,
-            compile=args.compile,
-            fast=args.fast,
-        )
-    except WeightsError:
-        raise  # main reports it
-    except ValueError as err:  # options that do not go together, e.g. bf16 with onnxruntime
-        print(f"mirnet enhance: error: {err}", file=sys.stderr)
-        return 1
+    enhancer = load_model(
+        args.weights or args.model,
+        device=args.device,
+        precision=args.precision,
+        tile=args.tile,
+        backend=args.backend,
+        compile=args.compile,
+        fast=args.fast,
+    )
 
     def show(outcome) -> None:
         if outcome.error:
@@ -116,7 +109,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     from mirnet.data import find_pairs, resolve_pair_folders
     from mirnet.evaluate import comparison_figure, evaluate_methods, markdown_table, write_reports
     from mirnet.inference import load_model
-    from mirnet.weights import WeightsError
 
     split = "test" if args.split == "eval" else args.split
     pairs = find_pairs(args.data, split)
@@ -132,13 +124,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     methods = {} if args.no_classical else dict(CLASSICAL_METHODS)
     meta = {"data": str(args.data), "split": split, "command": " ".join(["mirnet", *sys.argv[1:]])}
     if not args.classical_only:
-        try:
-            enhancer = load_model(args.weights or args.model, device=args.device, precision=args.precision)
-        except WeightsError:
-            raise  # main reports it
-        except ValueError as err:  # e.g. --device cuda on a machine without CUDA
-            print(f"mirnet evaluate: error: {err}", file=sys.stderr)
-            return 1
+        enhancer = load_model(args.weights or args.model, device=args.device, precision=args.precision)
         label = f"MIRNet {enhancer.info['name']}"
         methods[label] = enhancer.enhance_tensor
         meta["model"] = {
@@ -312,11 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mirnet`` console script.
 
-    Expected failures (a bad image, dataset, config or weights file, a file-system error) are
+    Expected failures (a bad image, dataset, config or weights file, an option that cannot
+    work here, a file-system error) are
     reported as one line naming the file, with exit status 1; ``-v``/``--verbose``, where a
     command has it, shows the traceback too. Ctrl-C exits with status 130.
     """
     from mirnet.data import PairedDataError
+    from mirnet.inference import OptionError
     from mirnet.io import ImageReadError
     from mirnet.train import ConfigError
     from mirnet.weights import WeightsError
@@ -334,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    except (ImageReadError, PairedDataError, WeightsError, ConfigError, OSError) as err:
+    except (ImageReadError, PairedDataError, WeightsError, ConfigError, OptionError, OSError) as err:
         if getattr(args, "verbose", False):
             traceback.print_exc()
         print(f"mirnet {args.command}: error: {err}", file=sys.stderr)

@@ -54,10 +54,24 @@ def resolve_weights(name_or_path: str | os.PathLike | None) -> Path:
     raise WeightsError(f"no bundled model named {key!r} (bundled: {known}); or give a weights file path")
 
 
+class OptionError(ValueError):
+    """An option that cannot work as given (device, precision, backend, tile size); the
+    command line reports it in one line, before any photo is read."""
+
+
+def check_tile(tile: int, overlap: int) -> None:
+    """Raise :class:`OptionError` unless tiles of ``tile`` pixels can overlap by ``overlap``."""
+    if not tile > 2 * overlap:
+        raise OptionError(
+            f"tile size {tile}: use 0 (no tiling) or more than twice the {overlap}-pixel "
+            f"overlap between tiles, i.e. at least {2 * overlap + 1}"
+        )
+
+
 def pick_device(device: str | torch.device | None = None) -> torch.device:
     """``None``/``"auto"``: CUDA when present, else the CPU.
 
-    Raises ValueError, in one line a user can act on, for a name torch does not know or a
+    Raises :class:`OptionError`, in one line a user can act on, for a name torch does not know or a
     CUDA device this machine does not have (checked before any model is moved there).
     """
     if device in (None, "auto"):
@@ -65,12 +79,12 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     try:
         resolved = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
+        raise OptionError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r}: CUDA is not available here; use cpu or auto")
+            raise OptionError(f"device {device!r}: CUDA is not available here; use cpu or auto")
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+            raise OptionError(f"device {device!r}: this machine has {torch.cuda.device_count()} GPU(s)")
     return resolved
 
 
@@ -155,8 +169,7 @@ def enhance_tiled(
     are first run once to gather the photo's global statistics, then again with them.
     ``progress(done, total)`` is called after each tile.
     """
-    if overlap * 2 >= tile:
-        raise ValueError(f"overlap {overlap} must be less than half the tile size {tile}")
+    check_tile(tile, overlap)
     _, channels, height, width = image.shape
     out = torch.zeros((1, channels, height, width), dtype=torch.float32)
     weight_sum = torch.zeros((1, 1, height, width), dtype=torch.float32)
@@ -226,15 +239,11 @@ class Enhancer:
         channels_last: bool = True,
     ):
         if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
+            raise OptionError(f"precision must be fp32 or bf16, not {precision!r}")
         if backend not in ("torch", "onnxruntime"):
-            raise ValueError(f"backend must be torch or onnxruntime, not {backend!r}")
-        if tile is not None and tile != 0 and not tile > 2 * overlap:
-            # Checked here rather than per photo, so a bad size fails once, before any work.
-            raise ValueError(
-                f"tile size {tile}: use 0 (no tiling) or more than twice the {overlap}-pixel "
-                f"overlap between tiles, i.e. at least {2 * overlap + 1}"
-            )
+            raise OptionError(f"backend must be torch or onnxruntime, not {backend!r}")
+        if tile:  # checked here too, so that a bad size fails once, before any photo
+            check_tile(tile, overlap)
         self.device = pick_device(device) if backend == "torch" else torch.device("cpu")
         if model is None and backend != "onnxruntime":
             raise ValueError("an ONNX file runs only with backend='onnxruntime'")
@@ -249,7 +258,7 @@ class Enhancer:
             from mirnet.export import OnnxModel, cached_onnx
 
             if precision != "fp32":
-                raise ValueError("the onnxruntime backend runs in fp32 only")
+                raise OptionError("the onnxruntime backend runs in fp32 only")
             weights = self.info.get("weights")
             onnx_path = weights if weights and str(weights).endswith(".onnx") else cached_onnx(model, weights)
             self._run = OnnxModel(onnx_path)

@@ -32,7 +32,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 import mirnet
-from mirnet.inference import DEFAULT_MODEL, Enhancer, bundled_models, load_model
+from mirnet.inference import DEFAULT_MODEL, Enhancer, OptionError, bundled_models, load_model
 from mirnet.io import ImageReadError, read_image, to_uint
 from mirnet.weights import WeightsError
 
@@ -300,7 +300,7 @@ def _serve_command(args: argparse.Namespace) -> int:
         run_server(
             args.host, args.port, args.model, args.max_upload_mb, args.max_megapixels, args.device, args.tile
         )
-    except (ImportError, WeightsError, ValueError) as err:  # ValueError: a bad --device or --tile
+    except (ImportError, WeightsError, OptionError) as err:
         print(f"mirnet serve: error: {err}", file=sys.stderr)
         return 1
     return 0
