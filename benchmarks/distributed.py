@@ -43,7 +43,7 @@ import yaml
 from PIL import Image
 
 from mirnet.data import find_pairs
-from mirnet.train import load_config
+from mirnet.training import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_PAIRS = 8
@@ -134,7 +134,7 @@ def main() -> None:
         data = args.data or synthetic_pairs(work / "data", TRAIN_PAIRS + VALIDATION_PAIRS)
         train_pairs = len(find_pairs(data, "train")) - VALIDATION_PAIRS
         for path in args.config:
-            base = load_config(path)
+            base = load_config(path).to_dict()
             name, batch = base["name"], base["train"]["batch_size"]
             baseline = None
             for processes in [None, *args.nproc]:

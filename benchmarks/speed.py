@@ -41,8 +41,7 @@ PATHS = [BASELINE, "eager-fp32", "eager-bf16", "compile-fp32", "compile-bf16", "
 
 def _load(model_name: str):
     """An Enhancer-ready (model, info) for a bundled model, or a seeded untrained configuration."""
-    from mirnet.inference import bundled_models
-    from mirnet.weights import arch_config, load_weights, save_weights
+    from mirnet.weights import arch_config, bundled_models, load_weights, save_weights
 
     if model_name in bundled_models():
         model, info = load_weights(bundled_models()[model_name])
@@ -165,7 +164,8 @@ def main() -> None:
         child(model, path, image, int(repeats), device, int(tile), out)
         return
 
-    from mirnet.inference import DEFAULT_MODEL, DEFAULT_TILE, bundled_models
+    from mirnet.tiling import DEFAULT_TILE
+    from mirnet.weights import DEFAULT_MODEL, bundled_models
 
     models = args.models or [*sorted(bundled_models()), "paper"]
     paths = [p for p in args.paths if not (args.device.startswith("cuda") and p == "onnxruntime")]

@@ -5,7 +5,7 @@
 
 Each photo is enhanced whole (the reference) and in tiles of ``--tile`` pixels with each
 overlap, with and without the photo-wide attention statistics that
-:class:`mirnet.inference.GlobalContext` gives every tile. ``--upscale MP`` first resizes each
+:class:`mirnet.tiling.GlobalContext` gives every tile. ``--upscale MP`` first resizes each
 photo to about MP megapixels (a stand-in for a large camera photo). Prints a Markdown table
 (mean and worst PSNR per setting) and writes JSON beside the speed results.
 """
@@ -23,9 +23,10 @@ from PIL import Image
 from tqdm import tqdm
 
 import mirnet
-from mirnet.inference import Enhancer, enhance_tiled
-from mirnet.io import read_image
+from mirnet.inference import Enhancer
+from mirnet.io import array_to_tensor, read_image
 from mirnet.metrics import psnr
+from mirnet.tiling import enhance_tiled
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +38,7 @@ def load(photo: Path, megapixels: float) -> torch.Tensor:
     scale = (megapixels * 1e6 / (picture.width * picture.height)) ** 0.5
     size = (round(picture.width * scale), round(picture.height * scale))
     picture = picture.resize(size, Image.Resampling.BICUBIC)
-    return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1).float() / 255
+    return array_to_tensor(np.asarray(picture))
 
 
 def main() -> None:

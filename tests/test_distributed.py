@@ -23,7 +23,7 @@ import pytest
 import torch
 import yaml
 
-from mirnet.train import Trainer, load_config, train
+from mirnet.training import ExperimentConfig, Trainer, load_config, parse_config, train
 from tests.conftest import make_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +58,7 @@ WORKER = textwrap.dedent(
 
     import torch
 
-    from mirnet import train as training
+    from mirnet.training import loop as training
     from mirnet.cli import main
 
     fit = training.Trainer.fit
@@ -110,15 +110,15 @@ def _torchrun(target: list[str], cwd: Path, rendezvous: str = "static", **env: s
     return output
 
 
-def _config(**train_overrides: Any) -> dict[str, Any]:
-    config = load_config(ROOT / "configs" / "smoke.yaml")
+def _config(**train_overrides: Any) -> ExperimentConfig:
+    config = load_config(ROOT / "configs" / "smoke.yaml").to_dict()
     config["data"]["repeat"] = 2
     config["train"].update(train_overrides)
-    return config
+    return parse_config(config)
 
 
-def _write_config(path: Path, config: dict[str, Any]) -> Path:
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+def _write_config(path: Path, config: ExperimentConfig) -> Path:
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     return path
 
 

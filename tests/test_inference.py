@@ -10,9 +10,11 @@ from PIL import Image
 
 import mirnet
 from mirnet.cli import main
-from mirnet.inference import Enhancer, bundled_models, supports_bf16, tile_starts
+from mirnet.device import supports_bf16
+from mirnet.inference import Enhancer
 from mirnet.io import read_image
 from mirnet.metrics import gray_mean, psnr
+from mirnet.weights import bundled_models
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = sorted((ROOT / "samples").glob("*_dark.png"))
@@ -54,13 +56,6 @@ def test_enhance_returns_the_kind_it_was_given(default_model):
         default_model.enhance("photo.jpg")
 
 
-def test_tile_starts_cover_everything():
-    assert tile_starts(100, 128, 16) == [0]
-    starts = tile_starts(1000, 256, 64)
-    assert starts[0] == 0 and starts[-1] == 1000 - 256
-    assert all(b - a <= 256 - 64 for a, b in zip(starts, starts[1:]))
-
-
 def test_tiled_output_agrees_with_whole_photo(default_model):
     # coffee: 600x400, so 256-pixel tiles make a 3 x 2 grid with blended seams.
     photo = read_image(ROOT / "samples" / "coffee_dark.png")
@@ -87,7 +82,7 @@ def test_fast_path_stays_close_to_the_reference(default_model):
 
 def test_onnx_export_matches_pytorch(default_model, tmp_path):
     onnx_path = tmp_path / "tiny.onnx"
-    assert main(["export", "--model", "tiny", "--format", "onnx", str(onnx_path)]) == 0
+    assert main(["export", "--model", "tiny", str(onnx_path)]) == 0
     runtime = mirnet.load_model(onnx_path, backend="onnxruntime")
     for shape in [(1, 3, 37, 53), (2, 3, 64, 96)]:
         image = torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 0.3
@@ -106,7 +101,7 @@ def test_enhance_cli_on_the_samples_folder(tmp_path):
 
 def test_a_missing_optional_extra_is_named(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "onnx", None)  # makes `import onnx` fail as if not installed
-    assert main(["export", "--model", "tiny", "--format", "onnx", str(tmp_path / "tiny.onnx")]) == 1
+    assert main(["export", "--model", "tiny", str(tmp_path / "tiny.onnx")]) == 1
     assert "pip install -c constraints.txt -e '.[onnx]'" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
 

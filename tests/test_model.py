@@ -6,12 +6,6 @@ from mirnet.archs import MIRNet, count_parameters
 from mirnet.losses import EnhancementLoss
 
 
-def test_paper_configuration_has_published_size():
-    # Zamir et al. report 31.79M parameters for MIRNet.
-    params = count_parameters(mirnet.build_model("paper"))
-    assert abs(params - 31.79e6) / 31.79e6 < 0.005, params
-
-
 def test_list_models_and_overrides():
     names = mirnet.list_models()
     assert {"paper", "small", "tiny"} <= set(names)
@@ -80,16 +74,3 @@ def test_a_few_steps_reduce_the_loss():
         optimizer.step()
         losses.append(float(loss))
     assert losses[-1] < 0.7 * losses[0], losses
-
-
-def test_upsampling_once_after_the_convs_is_the_papers_function():
-    # ResidualUpsample interpolates the sum of its branches once, after their 1x1 convs; the
-    # paper interpolates each branch before its conv. Linear maps commute, so both agree.
-    from mirnet.archs.mirnet_arch import ResidualUpsample
-
-    torch.manual_seed(0)
-    block = ResidualUpsample(16, factor=2, bias=True).eval()
-    x = torch.randn(2, 16, 9, 14)
-    with torch.no_grad():
-        paper = block.main(x) + block.shortcut(x)  # each Sequential in the paper's order
-        assert torch.allclose(block(x), paper, atol=1e-5)

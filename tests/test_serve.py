@@ -22,7 +22,7 @@ except RuntimeError as err:  # Starlette's TestClient needs httpx2 (or the older
 import mirnet  # noqa: E402
 from mirnet import serve  # noqa: E402
 from mirnet.io import read_image, to_uint  # noqa: E402
-from mirnet.weights import WeightsError, arch_config, save_weights  # noqa: E402
+from mirnet.weights import WeightsError, arch_config, bundled_models, save_weights  # noqa: E402
 from tests.conftest import darken, smooth_image  # noqa: E402
 
 MAX_UPLOAD_MB = 0.2  # 200,000 bytes
@@ -71,7 +71,7 @@ def test_health_and_models(client: TestClient):
     assert models["default"] == "nano"
     assert {"name": "nano", "source": "file", "default": True} in models["models"]
     # Bundled models (if any are shipped yet) are offered too, never as the default here.
-    assert {m["name"] for m in models["models"]} == {"nano", *mirnet.inference.bundled_models()}
+    assert {m["name"] for m in models["models"]} == {"nano", *bundled_models()}
 
 
 def test_enhance_returns_the_models_result_as_png(

@@ -1,6 +1,7 @@
 """Classical low-light baselines, from Pillow and scikit-image rather than hand-written.
 
-Each takes and returns a (3, H, W) float tensor in [0, 1].
+Each takes and returns a (3, H, W) float tensor in [0, 1]. scikit-image works on (H, W, 3)
+float64 arrays; its results are clipped back to [0, 1] against rounding overshoot.
 """
 
 from __future__ import annotations
@@ -13,15 +14,7 @@ import torch
 from PIL import Image, ImageOps
 from skimage import color, exposure
 
-from mirnet.io import to_uint
-
-
-def _numpy(image: torch.Tensor) -> np.ndarray:
-    return image.double().numpy().transpose(1, 2, 0)
-
-
-def _tensor(array: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(np.clip(array, 0, 1).transpose(2, 0, 1))).float()
+from mirnet.io import array_to_tensor, tensor_to_array, to_uint
 
 
 def identity(image: torch.Tensor) -> torch.Tensor:
@@ -31,7 +24,7 @@ def identity(image: torch.Tensor) -> torch.Tensor:
 
 def autocontrast(image: torch.Tensor) -> torch.Tensor:
     """Pillow's ImageOps.autocontrast: stretch each channel's histogram to 0..255."""
-    return _tensor(np.asarray(ImageOps.autocontrast(Image.fromarray(to_uint(image)))) / 255.0)
+    return array_to_tensor(np.asarray(ImageOps.autocontrast(Image.fromarray(to_uint(image)))))
 
 
 def histogram_equalisation(image: torch.Tensor) -> torch.Tensor:
@@ -41,21 +34,22 @@ def histogram_equalisation(image: torch.Tensor) -> torch.Tensor:
     with warnings.catch_warnings():
         # skimage warns that "this might be a color image": one shared histogram is the intent.
         warnings.filterwarnings("ignore", message="This might be a color image")
-        return _tensor(exposure.equalize_hist(_numpy(image)))
+        return array_to_tensor(np.clip(exposure.equalize_hist(tensor_to_array(image, np.float64)), 0, 1))
 
 
 def clahe(image: torch.Tensor) -> torch.Tensor:
     """Contrast-limited adaptive histogram equalisation (scikit-image ``equalize_adapthist``,
     default clip limit 0.01 on 1/8-size tiles)."""
-    return _tensor(exposure.equalize_adapthist(_numpy(image)))
+    return array_to_tensor(np.clip(exposure.equalize_adapthist(tensor_to_array(image, np.float64)), 0, 1))
 
 
 def gamma_to_mean(image: torch.Tensor, target: float = 0.45) -> torch.Tensor:
     """Gamma correction with the exponent that maps the mean luminance to ``target``
     (scikit-image ``adjust_gamma``)."""
-    mean = float(color.rgb2gray(_numpy(image)).mean())
+    array = tensor_to_array(image, np.float64)
+    mean = float(color.rgb2gray(array).mean())
     gamma = float(np.log(target) / np.log(min(max(mean, 1e-4), 0.999)))
-    return _tensor(exposure.adjust_gamma(_numpy(image), gamma))
+    return array_to_tensor(np.clip(exposure.adjust_gamma(array, gamma), 0, 1))
 
 
 CLASSICAL_METHODS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {

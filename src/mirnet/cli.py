@@ -14,9 +14,11 @@ from mirnet.serve import add_serve_parser
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mirnet.train import TrainingDiverged, TrainingStopped, load_config, train
+    from mirnet.training import ConfigError, TrainingDiverged, TrainingStopped, load_config, train
 
     config = load_config(args.config)
+    if args.data is None and not config.data.sources:
+        raise ConfigError(f"{args.config}: give --data, or list data.sources in the config")
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     try:
         weights = train(
@@ -104,65 +106,111 @@ def _enhance(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    from mirnet.classical import CLASSICAL_METHODS
+def _test_sets(args: argparse.Namespace) -> list:
+    """The test sets the evaluate options name, each checked before any model is loaded."""
     from mirnet.data import find_pairs, resolve_pair_folders
-    from mirnet.evaluate import comparison_figure, evaluate_methods, markdown_table, write_reports
-    from mirnet.inference import load_model
+    from mirnet.device import OptionError
+    from mirnet.evaluate import darkened_set, paired_set, well_exposed_set
 
     split = "test" if args.split == "eval" else args.split
-    pairs = find_pairs(args.data, split)
-    # ROOT/{low,high}/ directly (no split folders) serves every split, training included.
-    if split != "train" and resolve_pair_folders(args.data, split)[0].parent == Path(args.data):
-        print(
-            f"mirnet evaluate: warning: {args.data} has no train/test split, so its pairs serve "
-            "as both: a model trained on this folder is being scored on its own training pairs",
-            file=sys.stderr,
-        )
-    if args.limit:
-        pairs = pairs[: args.limit]
-    methods = {} if args.no_classical else dict(CLASSICAL_METHODS)
-    meta = {"data": str(args.data), "split": split, "command": " ".join(["mirnet", *sys.argv[1:]])}
+    sets = []
+    for given in args.data or []:
+        name, _, root = given.rpartition("=")
+        name = name or Path(root).name
+        pairs = find_pairs(root, split)
+        # ROOT/{low,high}/ directly (no split folders) serves every split, training included.
+        if split != "train" and resolve_pair_folders(root, split)[0].parent == Path(root):
+            print(
+                f"mirnet evaluate: warning: {root} has no train/test split, so its pairs serve "
+                "as both: a model trained on this folder is being scored on its own training pairs",
+                file=sys.stderr,
+            )
+        sets.append(paired_set(name, pairs, f"{root} ({split})"))
+    if args.darkened:
+        sets.append(darkened_set("darkened", args.darkened))
+    if args.well_exposed:
+        sets.append(well_exposed_set("well-exposed", args.well_exposed))
+    names = [s.name for s in sets]
+    if len(set(names)) != len(names):
+        raise OptionError(f"--data: test sets need different names, got {names}; use NAME=ROOT")
+    for test_set in sets:
+        test_set.items = test_set.items[: args.limit] if args.limit else test_set.items
+    return sets
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from mirnet.classical import CLASSICAL_METHODS
+    from mirnet.device import OptionError
+    from mirnet.evaluate import comparison_figure, evaluate_methods, markdown_table, write_reports
+    from mirnet.inference import load_model
+    from mirnet.io import atomic_path
+
+    if not (args.data or args.well_exposed or args.darkened):
+        raise OptionError("nothing to score: give --data, --darkened or --well-exposed")
+    sets = _test_sets(args)
+    classical = {} if args.no_classical else dict(CLASSICAL_METHODS)
+    models, model_meta = {}, []
     if not args.classical_only:
-        enhancer = load_model(args.weights or args.model, device=args.device, precision=args.precision)
-        label = f"MIRNet {enhancer.info['name']}"
-        methods[label] = enhancer.enhance_tensor
-        meta["model"] = {
-            "weights": enhancer.info["weights"],
-            "arch": enhancer.info["arch"],
-            "precision": args.precision,
-        }
-    if not methods:
+        chosen = args.weights or args.model or [None]
+        for choice in chosen:
+            enhancer = load_model(choice, device=args.device, precision=args.precision)
+            label = f"MIRNet {enhancer.info['name']}"
+            if len(chosen) > 1:
+                label += f" ({Path(choice).parent.name if args.weights else choice})"
+            models[label] = enhancer.enhance_tensor
+            model_meta.append(
+                {"label": label, "weights": enhancer.info["weights"], "arch": enhancer.info["arch"]}
+            )
+    if not classical and not models:
         print(
             "mirnet evaluate: error: nothing to evaluate (--no-classical with --classical-only)",
             file=sys.stderr,
         )
         return 2
-    names = {p.name for p in pairs}
-    figure_names = [n for n in (args.figure or [pairs[0].name]) if n in names]
-    unknown = [n for n in args.figure or [] if n not in names]
-    if unknown:
-        print(
-            f"mirnet evaluate: warning: --figure: no pair named {', '.join(unknown)} in this split "
-            f"(names look like {pairs[0].name})",
-            file=sys.stderr,
-        )
-    rows, kept = evaluate_methods(pairs, methods, keep=set(figure_names), progress=not args.quiet)
     out_dir = Path(args.out)
-    summary = write_reports(rows, out_dir, meta)
-    reports = ["results.md", "per_image.csv", "results.json"]
-    if kept:
-        comparison_figure({n: kept[n] for n in figure_names if n in kept}, out_dir / "comparison.png")
-        reports.append("comparison.png")
-    print(markdown_table(summary, f"{args.data} ({split}, {len(pairs)} pairs)"))
-    print(f"reports in {out_dir}/ ({', '.join(reports)})")
+    command = " ".join(["mirnet", *sys.argv[1:]])
+    tables = []
+    for test_set in sets:
+        if not test_set.items:
+            continue
+        methods = dict(classical)
+        if test_set.kind == "well-exposed" and "dark input" in methods:
+            methods = {("input, unchanged" if k == "dark input" else k): v for k, v in methods.items()}
+        methods.update(models)
+        names = [item.name for item in test_set.items]
+        figure_names = [n for n in (args.figure or [names[0]]) if n in names]
+        unknown = [n for n in args.figure or [] if n not in names]
+        if unknown and len(sets) == 1:
+            print(
+                f"mirnet evaluate: warning: --figure: no image named {', '.join(unknown)} in this set "
+                f"(names look like {names[0]})",
+                file=sys.stderr,
+            )
+        rows, kept = evaluate_methods(
+            test_set.items, methods, set(figure_names), progress=not args.quiet, desc=test_set.name
+        )
+        where = out_dir if len(sets) == 1 else out_dir / test_set.name
+        meta = {"data": test_set.source, "set": test_set.name, "kind": test_set.kind, "command": command}
+        meta.update(split=args.split, models=model_meta, precision=args.precision)
+        summary = write_reports(rows, where, meta)
+        reports = ["results.md", "per_image.csv", "results.json"]
+        if kept:
+            comparison_figure({n: kept[n] for n in figure_names if n in kept}, where / "comparison.png")
+            reports.append("comparison.png")
+        title = f"{test_set.name}: {test_set.source}, {test_set.kind}, {len(test_set.items)} images"
+        tables.append(markdown_table(summary, title))
+        print(tables[-1])
+        print(f"reports in {where}/ ({', '.join(reports)})\n")
+    if len(sets) > 1:
+        with atomic_path(out_dir / "summary.md") as tmp:
+            tmp.write_text(f"`{command}`\n\n" + "\n".join(tables))
+        print(f"all tables in {out_dir / 'summary.md'}")
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
     from mirnet.export import export_onnx
-    from mirnet.inference import resolve_weights
-    from mirnet.weights import load_weights
+    from mirnet.weights import load_weights, resolve_weights
 
     model, info = load_weights(resolve_weights(args.weights or args.model))
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
@@ -241,16 +289,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser(
         "evaluate",
-        help="score a model and classical methods on paired test images",
-        description="PSNR/SSIM (plain and GT-mean) per image and on average, for a model and the "
-        "classical baselines (dark input, autocontrast, histogram equalisation, CLAHE, gamma). "
-        "Writes results.md, per_image.csv, results.json and comparison.png into --out.",
+        help="score models and classical methods on test sets",
+        description="PSNR/SSIM (plain and GT-mean) per image and on average, for models and the "
+        "classical baselines (dark input, autocontrast, histogram equalisation, CLAHE, gamma), on "
+        "one or more test sets. Writes results.md, per_image.csv, results.json and comparison.png "
+        "into --out (into --out/SET/ for several sets, with all tables in --out/summary.md).",
     )
     source = evaluate.add_mutually_exclusive_group()
-    source.add_argument("--model", help="bundled model name (default: the default model)")
-    source.add_argument("--weights", metavar="FILE", help="a .safetensors weights file")
+    source.add_argument("--model", nargs="+", help="bundled model name(s) (default: the default model)")
+    source.add_argument("--weights", nargs="+", metavar="FILE", help="one or more .safetensors weights files")
     evaluate.add_argument(
-        "--data", required=True, help="dataset root (real_pairs, LoL-v1, LOL-v2 or low/+high/)"
+        "--data",
+        nargs="+",
+        metavar="[NAME=]ROOT",
+        help="paired test sets: dataset roots (real_pairs, LoL-v1, LOL-v2 or low/+high/), each its own table",
+    )
+    evaluate.add_argument(
+        "--darkened",
+        nargs="+",
+        metavar="FOLDER",
+        help="clean photos darkened as a camera would (a fixed seed per photo), scored against themselves",
+    )
+    evaluate.add_argument(
+        "--well-exposed",
+        nargs="+",
+        metavar="FOLDER",
+        help="well-exposed photos as their own targets ('do no harm': the output should be nearly the input)",
     )
     evaluate.add_argument("--split", default="test", choices=["test", "eval", "train"], help="default: test")
     evaluate.add_argument("--out", default="evaluation", help="report folder (default: evaluation/)")
@@ -272,7 +336,6 @@ def build_parser() -> argparse.ArgumentParser:
     source = export.add_mutually_exclusive_group()
     source.add_argument("--model", help="bundled model name (default: the default model)")
     source.add_argument("--weights", metavar="FILE", help="a .safetensors weights file")
-    export.add_argument("--format", choices=["onnx"], default="onnx", help="only onnx for now")
     export.add_argument("--dynamo", action="store_true", help="use PyTorch's dynamo exporter (slower)")
     export.add_argument("output", metavar="OUT.onnx")
     export.set_defaults(func=_export)
@@ -285,7 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--config", required=True, help="experiment YAML, e.g. configs/tiny.yaml")
     train.add_argument(
-        "--data", required=True, help="dataset root (real_pairs, LoL-v1, LOL-v2 or low/+high/)"
+        "--data",
+        help="dataset root (real_pairs, LoL-v1, LOL-v2 or low/+high/); not needed when the config "
+        "lists data.sources",
     )
     train.add_argument("--out", help="run directory (default: runs/CONFIG_NAME)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
@@ -304,9 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     command has it, shows the traceback too. Ctrl-C exits with status 130.
     """
     from mirnet.data import PairedDataError
-    from mirnet.inference import OptionError
+    from mirnet.device import OptionError
     from mirnet.io import ImageReadError
-    from mirnet.train import ConfigError
+    from mirnet.training import ConfigError
     from mirnet.weights import WeightsError
 
     args = build_parser().parse_args(argv)

@@ -23,10 +23,6 @@ from mirnet.io import ImageReadError, is_image_path, read_image, write_image
 OUTPUT_SUFFIX = "_enhanced"
 
 
-class InputError(ValueError):
-    """An input argument that names no readable image (the message names it)."""
-
-
 @dataclass
 class Outcome:
     """What happened to one input: ``output`` on success, ``error`` otherwise."""
@@ -34,7 +30,6 @@ class Outcome:
     input: Path
     output: Path | None = None
     error: str | None = None
-    seconds: float = 0.0
 
 
 def collect_inputs(arguments: Iterable[str]) -> tuple[list[Path], list[Outcome]]:
@@ -122,7 +117,6 @@ def enhance_files(
             if index + 1 < len(plan):
                 reads.append(pool.submit(read_image, plan[index + 1][0], max_pixels))
             outcome = Outcome(source)
-            start = time.perf_counter()
             try:
                 image = reads[index].result()
                 reads[index] = None  # free the decoded image once used
@@ -135,7 +129,6 @@ def enhance_files(
             except (RuntimeError, ValueError, MemoryError) as err:
                 outcome.error = f"enhancement failed: {err}"
                 _finish(outcome, outcomes, on_outcome)
-            outcome.seconds = time.perf_counter() - start
             writes = _collect_writes(writes, outcomes, on_outcome, wait=False)
             bar.update()
             bar.set_postfix(img_per_s=f"{(index + 1) / (time.perf_counter() - began):.2f}")

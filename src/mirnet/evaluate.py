@@ -1,9 +1,17 @@
-"""Scoring methods on paired test images: ``mirnet evaluate``.
+"""Scoring methods on test sets: ``mirnet evaluate``.
 
-Every method (the model, the classical baselines) is a function from a (3, H, W) image in
+Every method (the models, the classical baselines) is a function from a (3, H, W) image in
 [0, 1] to an image of the same shape. Each is scored with PSNR and SSIM, plain and
 GT-mean, on whole images; the results go to ``results.md`` (means), ``per_image.csv`` and
 ``results.json``, and a comparison figure shows chosen images side by side.
+
+A test set (:class:`TestSet`) is one of:
+
+* ``paired``: a folder of (low, high) pairs, any layout :func:`mirnet.data.find_pairs` reads;
+* ``well-exposed``: good photos as their own targets ("do no harm": the output should be
+  nearly the input);
+* ``darkened``: clean photos darkened as a camera would (:func:`mirnet.data.synthetic.darken`,
+  one fixed seed per photo), with the clean photo as target.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import csv
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +30,11 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from mirnet.classical import identity
-from mirnet.data import ImagePair, load_pair
-from mirnet.io import atomic_path, to_uint
+from mirnet.data import ImagePair, load_pair, sample_seed
+from mirnet.data.mixture import clean_photos
+from mirnet.data.patches import to_uint8
+from mirnet.data.synthetic import darken
+from mirnet.io import atomic_path, read_image, to_uint
 from mirnet.metrics import psnr_per_image, ssim_per_image
 
 Method = Callable[[torch.Tensor], torch.Tensor]
@@ -40,28 +52,83 @@ def score(output: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
     }
 
 
+@dataclass
+class TestItem:
+    """One test image: its name and how to load (input, target)."""
+
+    name: str
+    load: Callable[[], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class TestSet:
+    name: str
+    kind: str  # paired, well-exposed or darkened (see the module docstring)
+    items: list[TestItem]
+    source: str  # the folder(s), for the reports
+
+
+def paired_set(name: str, pairs: list[ImagePair], source: str) -> TestSet:
+    """A test set of real (low, high) pairs."""
+    return TestSet(name, "paired", [TestItem(p.name, lambda p=p: load_pair(p)) for p in pairs], source)
+
+
+def _photos(folders: list[str | os.PathLike]) -> list[tuple[str, Path]]:
+    """(name, path) of every photo under ``folders``; names carry the folder when there are several."""
+    found = []
+    for folder in folders:
+        for path in clean_photos(folder):
+            found.append((f"{Path(folder).name}/{path.stem}" if len(folders) > 1 else path.stem, path))
+    return found
+
+
+def well_exposed_set(name: str, folders: list[str | os.PathLike]) -> TestSet:
+    """Well-exposed photos as their own targets: a model that does no harm returns them nearly unchanged."""
+
+    def load(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        image = read_image(path)
+        return image, image
+
+    items = [TestItem(n, lambda p=p: load(p)) for n, p in _photos(folders)]
+    return TestSet(name, "well-exposed", items, ", ".join(map(str, folders)))
+
+
+def darkened_set(name: str, folders: list[str | os.PathLike], seed: int = 0) -> TestSet:
+    """Clean photos darkened as a camera would (``dark`` mode, a fixed seed per photo), with
+    the clean photo as target: a repeatable test on photos of any kind."""
+
+    def load(index: int, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        clean = read_image(path)
+        rng = np.random.default_rng(sample_seed(seed, -2, index))
+        return darken(to_uint8(clean), rng, mode="dark").float() / 255, clean
+
+    items = [TestItem(n, lambda i=i, p=p: load(i, p)) for i, (n, p) in enumerate(_photos(folders))]
+    return TestSet(name, "darkened", items, ", ".join(map(str, folders)))
+
+
 def evaluate_methods(
-    pairs: list[ImagePair],
+    items: list[TestItem],
     methods: dict[str, Method],
     keep: set[str] | None = None,
     progress: bool = True,
+    desc: str = "evaluating",
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, torch.Tensor]]]:
-    """Run and score every method on every pair.
+    """Run and score every method on every test image.
 
     Returns (rows, kept): one row per (image, method) with its scores, and the outputs of
     the images named in ``keep`` (for figures), with their input and ground truth.
     """
     rows: list[dict[str, Any]] = []
     kept: dict[str, dict[str, torch.Tensor]] = {}
-    for pair in tqdm(pairs, desc="evaluating", unit="img", disable=not progress):
-        low, high = load_pair(pair)
-        if keep and pair.name in keep:
-            kept[pair.name] = {"input": low, "ground truth": high}
+    for item in tqdm(items, desc=desc, unit="img", disable=not progress):
+        low, high = item.load()
+        if keep and item.name in keep:
+            kept[item.name] = {"input": low, "ground truth": high}
         for name, method in methods.items():
             output = method(low).float().clamp(0, 1)
-            rows.append({"image": pair.name, "method": name, **score(output, high)})
-            if pair.name in kept and method is not identity:  # the input is shown already
-                kept[pair.name][name] = output
+            rows.append({"image": item.name, "method": name, **score(output, high)})
+            if item.name in kept and method is not identity:  # the input is shown already
+                kept[item.name][name] = output
     return rows, kept
 
 
@@ -96,7 +163,7 @@ def write_reports(
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarise(rows)
     title = (
-        f"{meta.get('data', '')} ({meta.get('split', '')}, {summary[next(iter(summary))]['images']} pairs)"
+        f"{meta.get('data', '')} ({meta.get('split', '')}, {summary[next(iter(summary))]['images']} images)"
     )
     with atomic_path(out_dir / "results.md") as tmp:
         tmp.write_text(markdown_table(summary, title))

@@ -151,7 +151,7 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> torch.
         # Pillow's decoders meet malformed files with a zoo of exceptions (struct.error,
         # IndexError, TypeError, ZeroDivisionError, ...); to a caller they all mean "bad file".
         raise ImageReadError(f"{path}: corrupt image ({type(err).__name__}: {_one_line(err)})") from None
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    return array_to_tensor(array)
 
 
 def _one_line(err: BaseException) -> str:
@@ -166,6 +166,38 @@ def to_uint(tensor: torch.Tensor, bits: int = 8) -> np.ndarray:
     top = 255 if bits == 8 else 65535
     array = tensor.detach().float().clamp(0, 1).cpu().numpy().transpose(1, 2, 0)
     return np.round(array * top).astype(np.uint8 if bits == 8 else np.uint16)
+
+
+def array_to_tensor(array: np.ndarray) -> torch.Tensor:
+    """An (H, W, 3), (H, W, 4) or (H, W) array of uint8, uint16 or floats in [0, 1] to a
+    (3, H, W) float32 tensor in [0, 1]: integers scaled by their maximum, gray repeated into
+    three channels, a fourth (alpha) channel dropped."""
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise ValueError(f"expected an (H, W, 3) or (H, W) array, got shape {array.shape}")
+    array = array[..., :3]
+    if array.dtype == np.uint8:
+        data = array.astype(np.float32) / 255.0
+    elif array.dtype == np.uint16:
+        data = array.astype(np.float32) / 65535.0
+    elif np.issubdtype(array.dtype, np.floating):
+        data = array.astype(np.float32, copy=False)
+        if data.size and (data.min() < 0 or data.max() > 1):
+            raise ValueError("float arrays must hold values in [0, 1]")
+    else:
+        raise ValueError(f"unsupported array dtype {array.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(data.transpose(2, 0, 1)))
+
+
+def tensor_to_array(tensor: torch.Tensor, dtype: np.dtype | type = np.float32) -> np.ndarray:
+    """A (3, H, W) float tensor in [0, 1] to an (H, W, 3) array of ``dtype``: uint8 and uint16
+    scaled and rounded (see :func:`to_uint`), floats as they are."""
+    if dtype in (np.uint8, np.uint16):
+        return to_uint(tensor, 8 if dtype == np.uint8 else 16)
+    if not np.issubdtype(dtype, np.floating):
+        raise ValueError(f"unsupported array dtype {np.dtype(dtype)}")
+    return np.ascontiguousarray(tensor.detach().cpu().numpy().transpose(1, 2, 0).astype(dtype))
 
 
 def write_image(path: str | os.PathLike, tensor: torch.Tensor, bits: int = 8) -> Path:

@@ -32,9 +32,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 import mirnet
-from mirnet.inference import DEFAULT_MODEL, Enhancer, OptionError, bundled_models, load_model
+from mirnet.device import OptionError
+from mirnet.inference import Enhancer, load_model
 from mirnet.io import ImageReadError, read_image, to_uint
-from mirnet.weights import WeightsError
+from mirnet.weights import DEFAULT_MODEL, WeightsError, bundled_models
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

@@ -1,10 +1,11 @@
-"""Model weights as safetensors files that carry their own configuration.
+"""Model weights: the bundled models, and safetensors files that carry their own configuration.
 
-A weights file stores the network's tensors plus, in the safetensors metadata, the
-architecture arguments (``mirnet.arch``) and the configuration name (``mirnet.name``), so
-that a file alone rebuilds its model. Loading never unpickles anything. PyTorch training
-checkpoints (``.pt``/``.pth``) are read with ``torch.load(weights_only=True)``, which
-refuses arbitrary objects.
+The package ships trained weights (:func:`bundled_models`); :func:`resolve_weights` turns a
+bundled model's name, or a path, into a weights file. A weights file stores the network's
+tensors plus, in the safetensors metadata, the architecture arguments (``mirnet.arch``) and
+the configuration name (``mirnet.name``), so that a file alone rebuilds its model. Loading
+never unpickles anything. PyTorch training checkpoints (``.pt``/``.pth``) are read with
+``torch.load(weights_only=True)``, which refuses arbitrary objects.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +24,32 @@ from safetensors.torch import save_file
 from mirnet.archs import MODEL_CONFIGS, MIRNet
 from mirnet.io import atomic_path
 
+DEFAULT_MODEL = "tiny"
+
 
 class WeightsError(ValueError):
     """A weights file that is missing, unsafe, corrupt, or does not fit the model."""
+
+
+def bundled_models() -> dict[str, Path]:
+    """Names and paths of the weights shipped inside the package."""
+    folder = resources.files("mirnet") / "weights"
+    if not folder.is_dir():
+        return {}
+    return {Path(f.name).stem: Path(str(f)) for f in folder.iterdir() if f.name.endswith(".safetensors")}
+
+
+def resolve_weights(name_or_path: str | os.PathLike | None) -> Path:
+    """The weights file for a bundled model name (``None``: the default), or a path as given."""
+    bundled = bundled_models()
+    key = DEFAULT_MODEL if name_or_path is None else str(name_or_path)
+    if key in bundled:
+        return bundled[key]
+    path = Path(key)
+    if path.suffix or path.exists():
+        return path
+    known = ", ".join(sorted(bundled)) or "none"
+    raise WeightsError(f"no bundled model named {key!r} (bundled: {known}); or give a weights file path")
 
 
 def arch_config(name: str, **overrides: Any) -> dict[str, Any]:
@@ -44,13 +69,26 @@ def save_weights(path: str | os.PathLike, model: MIRNet, name: str, arch: dict[s
     return path
 
 
+def _try_load(model: MIRNet, state: dict[str, torch.Tensor], assign: bool = False) -> bool:
+    """Load ``state`` into ``model``; False if it does not fit (wrong keys or shapes).
+
+    Goes through ``load_state_dict``, so that every layout the network still reads is
+    accepted. ``assign`` (for a probe on the meta device) takes the tensors as they are.
+    """
+    try:
+        model.load_state_dict(state, assign=assign)
+    except RuntimeError:
+        return False
+    return True
+
+
 def _guess_configuration(state: dict[str, torch.Tensor]) -> str:
     """Name the built-in configurations whose tensor shapes match a state dict."""
     matches = []
     for name, config in MODEL_CONFIGS.items():
         with torch.device("meta"):  # shapes only: no memory or time spent on the paper model's weights
-            expected = {k: v.shape for k, v in MIRNet(**config).state_dict().items()}
-        if expected == {k: v.shape for k, v in state.items()}:
+            probe = MIRNet(**config)
+        if _try_load(probe, state, assign=True):
             matches.append(name)
     if matches:
         return f"its shapes fit the {' / '.join(repr(m) for m in matches)} configuration"
@@ -58,17 +96,21 @@ def _guess_configuration(state: dict[str, torch.Tensor]) -> str:
 
 
 def load_state_into(model: MIRNet, state: dict[str, torch.Tensor], source: str) -> MIRNet:
-    """Load a state dict, explaining a mismatch instead of listing hundreds of keys."""
-    expected = model.state_dict()
-    missing = expected.keys() - state.keys()
-    unexpected = state.keys() - expected.keys()
-    wrong = [k for k in expected.keys() & state.keys() if expected[k].shape != state[k].shape]
-    if missing or unexpected or wrong:
+    """Load a state dict, explaining a mismatch instead of listing hundreds of keys (counted
+    on the keys as stored; on a mismatch the model is left partly loaded).
+
+    Weights saved before the resamplers' parts were named (``main.5``...) load too: the
+    network renames them itself (:class:`mirnet.archs.mirnet_arch.ResidualUpsample`).
+    """
+    if not _try_load(model, state):
+        expected = model.state_dict()
+        missing = expected.keys() - state.keys()
+        unexpected = state.keys() - expected.keys()
+        wrong = [k for k in expected.keys() & state.keys() if expected[k].shape != state[k].shape]
         raise WeightsError(
             f"{source}: does not fit this model ({len(missing)} missing, {len(unexpected)} "
             f"unexpected, {len(wrong)} mis-shaped tensors); {_guess_configuration(state)}"
         )
-    model.load_state_dict(state)
     return model
 
 

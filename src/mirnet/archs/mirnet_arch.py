@@ -13,21 +13,50 @@ Structure, outermost first::
       SelectiveKernelFeatureFusion exchange between every two columns; a final fusion
       into the full-resolution stream, a 3x3 conv and a residual connection.
 
-Two choices where the official implementation differs from a literal reading of the paper:
+Padding: every convolution zero-pads ("same" size); blur-pool down-sampling reflect-pads
+by one pixel; and MIRNet.forward replicate-pads the input on the bottom and right to a
+multiple of the coarsest stream's stride (4 with three streams), cropping the output back,
+so any image size works (the official code requires multiples of 4).
 
-* **Attention weights shared across columns** (as the official code does, because it
-  builds each row with ``[DAU(...)] * width``): every stream owns one DualAttentionUnit
-  which is applied in each of the `width` columns. We keep this because it is what the
-  published network is, and what its published size of 31.79M parameters counts; with
-  separate units per column the paper configuration would have 42.2M parameters.
-  ``share_attention_across_columns=False`` gives every column its own units.
-* **One PReLU per activation site**, not one PReLU instance shared by every unit of the
-  network (the official code passes a single ``nn.PReLU()`` object around). Sharing a
-  learnable slope between unrelated layers is an accident of the code, not a design in
-  the paper, and costs nothing to avoid (one parameter per site).
+Where this network departs from the official implementation (github.com/swz30/MIRNet), the
+paper configuration (``paper`` in :mod:`mirnet.archs.configs`) has 31,799,730 parameters
+against the official network's 31,787,419:
 
-The final fusion of the streams also has its own SelectiveKernelFeatureFusion rather than
-reusing the full-resolution exchange's one (2k parameters in the paper configuration).
+* **Up-sampling as the paper draws it.** ResidualUpsample up-samples its body branch with a
+  3x3 convolution followed by bilinear interpolation (the paper's Fig. 4b); the official
+  code uses a stride-2 transposed 3x3 convolution there. The two have the same number of
+  weights (C x C x 3 x 3), so this changes the function, not the parameter count.
+* **The final fusion has its own SelectiveKernelFeatureFusion**, where the official code
+  reuses the full-resolution exchange's one: 2,049 parameters per block in the paper
+  configuration (64 -> 8 squeeze 512, its PReLU 1, three 8 -> 64 excitations 1,536), 12,294
+  over its 6 blocks.
+* **One PReLU per activation site**: the official code's DualAttentionUnits all share one
+  ``nn.PReLU()`` object (a default argument, evaluated once). Sharing a learnable slope
+  between unrelated layers is an accident of the code, not a design in the paper; here each
+  of the paper configuration's 18 units (6 blocks x 3 streams) has its own: 17 more.
+
+12,294 + 17 = 12,311, the whole difference. Paper configuration, per component (verified by
+instantiating the official ``MIRNet()`` at commit 6934e83; pinned in tests/test_archs.py):
+
+    conv_in + conv_out (3x3, 3 <-> 64)                          3,456
+    3 groups x 10,598,758                                  31,796,274
+      each: 2 blocks x 5,280,947, + 3x3 conv 36,864
+      block: DualAttentionUnits 64/128/256 ch       1,741,977  (82,995 + 331,827 + 1,327,155)
+             exchange resamplers (6 chains)         2,375,696  (down 57,346 + 286,724 + 229,378,
+                                                                up 180,226 + 720,898 + 901,124)
+             exchange fusions 64/128/256 ch            43,011  (2,049 + 8,193 + 32,769)
+             final up-samplers (128, 256 ch)        1,081,350  (180,226 + 901,124)
+             final fusion                               2,049  (official: none, reuses 2,049 above)
+             3x3 conv                                  36,864
+    total                                          31,799,730  (official 31,787,419 = total
+                                                                - 6 x 2,049 - 18 + 1 PReLU)
+
+Where the official code departs from a literal reading of the paper, we follow the code:
+**attention weights are shared across columns** (it builds each row with
+``[DAU(...)] * width``), so every stream owns one DualAttentionUnit, applied in each of the
+`width` columns. It is what the published network is, and what its published size (31.79M)
+counts; with separate units per column the paper configuration would have 42,251,592
+parameters. ``share_attention_across_columns=False`` gives every column its own units.
 """
 
 from __future__ import annotations
@@ -44,18 +73,11 @@ def _conv(in_channels: int, out_channels: int, kernel_size: int, bias: bool = Fa
 class GlobalAveragePool(nn.Module):
     """Global average pooling to (N, C, 1, 1).
 
-    The only operation in MIRNet that sees the whole image at once. Tiled inference
-    (:class:`mirnet.inference.GlobalContext`) sets ``tap`` to give every tile the pooled
-    statistics of the whole photo instead of its own; otherwise it is a plain mean.
+    The only operation in MIRNet that sees the whole image at once; a module of its own so
+    that tiled inference can find it and hook it (:class:`mirnet.tiling.GlobalContext`).
     """
 
-    def __init__(self):
-        super().__init__()
-        self.tap = None
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.tap is not None:
-            return self.tap(self, x)
         return x.mean(dim=(2, 3), keepdim=True)
 
 
@@ -136,7 +158,8 @@ class SelectiveKernelFeatureFusion(nn.Module):
 
 class BlurPool(nn.Module):
     """Anti-aliased down-sampling by 2 (Zhang, ICML 2019): a fixed [1, 2, 1] binomial blur
-    applied per channel, then stride 2. Avoids the aliasing of plain strided sampling."""
+    applied per channel to the input reflect-padded by one pixel, then stride 2. Avoids the
+    aliasing of plain strided sampling."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -156,56 +179,89 @@ class _Upsample2x(nn.Module):
         return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
 
 
-class ResidualDownsample(nn.Module):
-    """Halves the resolution and multiplies the channels by `factor` (paper Fig. 4a):
-    1x1 conv, PReLU, 3x3 conv, PReLU, blur-pool, 1x1 conv, plus a blur-pool and 1x1 conv
-    shortcut."""
+# Before their parts were named, both resamplers held two Sequentials: ``main`` (1x1 conv,
+# PReLU, 3x3 conv, PReLU, resampling, 1x1 conv) and ``shortcut`` (resampling, 1x1 conv), so
+# weights saved then have keys like ``main.5.weight``. Old name -> new name, below a resampler.
+_OLD_RESAMPLER_KEYS = {
+    "main.0.": "body.0.",
+    "main.1.": "body.1.",
+    "main.2.": "body.2.",
+    "main.3.": "body.3.",
+    "main.5.": "body_project.",
+    "shortcut.1.": "shortcut_project.",
+}
+
+
+class _ResidualResample(nn.Module):
+    """What the two resamplers share: reading weights saved in the older layout.
+
+    Every ``load_state_dict`` (weights files, training checkpoints, tests) goes through
+    ``_load_from_state_dict``, which renames the old keys under this module's prefix first;
+    weights in the current layout pass unchanged.
+    """
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            rest = key[len(prefix) :]
+            for old, new in _OLD_RESAMPLER_KEYS.items():
+                renamed = prefix + new + rest[len(old) :]
+                if rest.startswith(old) and renamed not in state_dict:
+                    state_dict[renamed] = state_dict.pop(key)
+                    break
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class ResidualDownsample(_ResidualResample):
+    """Halves the resolution and multiplies the channels by `factor` (paper Fig. 4a): a body
+    (1x1 conv, PReLU, 3x3 conv, PReLU) then blur-pool and a 1x1 projection, plus a shortcut
+    of blur-pool and a 1x1 projection."""
 
     def __init__(self, channels: int, factor: int = 2, bias: bool = False):
         super().__init__()
         out_channels = channels * factor
-        self.main = nn.Sequential(
+        self.body = nn.Sequential(
             nn.Conv2d(channels, channels, 1, bias=bias),
             nn.PReLU(),
             _conv(channels, channels, 3, bias),
             nn.PReLU(),
-            BlurPool(channels),
-            nn.Conv2d(channels, out_channels, 1, bias=bias),
         )
-        self.shortcut = nn.Sequential(BlurPool(channels), nn.Conv2d(channels, out_channels, 1, bias=bias))
+        self.downsample = BlurPool(channels)  # parameter-free, used by both branches
+        self.body_project = nn.Conv2d(channels, out_channels, 1, bias=bias)
+        self.shortcut_project = nn.Conv2d(channels, out_channels, 1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.main(x) + self.shortcut(x)
+        return self.body_project(self.downsample(self.body(x))) + self.shortcut_project(self.downsample(x))
 
 
-class ResidualUpsample(nn.Module):
-    """Doubles the resolution and divides the channels by `factor` (paper Fig. 4b), with
-    bilinear interpolation in both branches.
+class ResidualUpsample(_ResidualResample):
+    """Doubles the resolution and divides the channels by `factor` (paper Fig. 4b): a body
+    (1x1 conv, PReLU, 3x3 conv, PReLU) then bilinear up-sampling and a 1x1 projection, plus
+    a shortcut of bilinear up-sampling and a 1x1 projection.
 
-    Both branches end in bilinear interpolation followed by a 1x1 conv. These are linear maps
-    acting on space and on channels respectively, so they commute, and the sum of the two
-    branches can be interpolated once, after the 1x1 convs: the same function as the paper's
-    (up to float rounding), with one interpolation of `channels // factor` channels instead
-    of two of `channels`. Upsampling was the second-largest cost on CPU after convolutions.
+    The official code up-samples the body with a stride-2 transposed 3x3 convolution instead
+    (see the module docstring). Here both branches end in bilinear interpolation and a 1x1
+    conv. These are linear maps acting on space and on channels respectively, so they
+    commute, and the sum of the two branches is interpolated once, after the 1x1 convs: the
+    same function as the paper's (up to float rounding), with one interpolation of
+    `channels // factor` channels instead of two of `channels`. Upsampling was the
+    second-largest cost on CPU after convolutions.
     """
 
     def __init__(self, channels: int, factor: int = 2, bias: bool = False):
         super().__init__()
         out_channels = channels // factor
-        self.main = nn.Sequential(
+        self.body = nn.Sequential(
             nn.Conv2d(channels, channels, 1, bias=bias),
             nn.PReLU(),
             _conv(channels, channels, 3, bias),
             nn.PReLU(),
-            _Upsample2x(),
-            nn.Conv2d(channels, out_channels, 1, bias=bias),
         )
-        self.shortcut = nn.Sequential(_Upsample2x(), nn.Conv2d(channels, out_channels, 1, bias=bias))
+        self.body_project = nn.Conv2d(channels, out_channels, 1, bias=bias)
+        self.shortcut_project = nn.Conv2d(channels, out_channels, 1, bias=bias)
+        self.upsample = _Upsample2x()  # applied once, to the sum of the branches (see above)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # main[4] and shortcut[0] are the interpolations, applied once to the sum (see above).
-        low = self.main[5](self.main[:4](x)) + self.shortcut[1](x)
-        return self.main[4](low)
+        return self.upsample(self.body_project(self.body(x)) + self.shortcut_project(x))
 
 
 def _resampler(channels: int, steps: int, factor: int, up: bool, bias: bool) -> nn.Module:
@@ -312,8 +368,8 @@ class RecursiveResidualGroup(nn.Module):
 
 class MIRNet(nn.Module):
     """MIRNet for image enhancement: maps an (N, 3, H, W) image in [0, 1] to its enhanced
-    version of the same shape. Any H and W work: the input is reflect-padded to a multiple
-    of the coarsest stream's stride and the output cropped back.
+    version of the same shape. Any H and W work: the input is replicate-padded (bottom and
+    right) to a multiple of the coarsest stream's stride and the output cropped back.
 
     Args:
         in_channels: image channels (3 for RGB).

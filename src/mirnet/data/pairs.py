@@ -1,4 +1,4 @@
-"""Paired low/normal-light datasets.
+"""Finding paired low/normal-light images on disk, and holding some out for validation.
 
 Layouts understood by :func:`find_pairs` (``split`` is ``train`` or ``test``):
 
@@ -11,14 +11,12 @@ Layouts understood by :func:`find_pairs` (``split`` is ``train`` or ``test``):
 
 from __future__ import annotations
 
-import hashlib
+import csv
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from mirnet.io import is_image_path, read_image
 
@@ -130,88 +128,43 @@ def load_pair(pair: ImagePair) -> tuple[torch.Tensor, torch.Tensor]:
     return low, high
 
 
-def _to_uint8(image: torch.Tensor) -> torch.Tensor:
-    return (image * 255).round().to(torch.uint8)
+def read_scenes(path: str | Path) -> dict[str, str]:
+    """Scene ids by pair name from a ``split,name,scene`` CSV (``lol/scenes.csv``,
+    ``real_pairs/scenes.csv``). Pairs of one scene are near-copies of each other, so they
+    must be held out together."""
+    path = Path(path)
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as err:
+        raise PairedDataError(f"{path}: cannot read the scenes file ({err.strerror})") from None
+    if not rows or not {"name", "scene"} <= rows[0].keys():
+        raise PairedDataError(f"{path}: expected a CSV with the columns split,name,scene")
+    return {row["name"]: row["scene"] for row in rows}
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A seed for one sample's random crop and augmentation, a pure function of its
-    arguments: resuming mid-epoch reproduces the exact same samples."""
-    digest = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+def split_validation_by_scene(
+    pairs: list[ImagePair], count: int, seed: int, scenes: dict[str, str]
+) -> tuple[list[ImagePair], list[ImagePair]]:
+    """Hold whole scenes out for validation until at least ``count`` pairs are held out.
 
-
-def dihedral(image: torch.Tensor, mode: int) -> torch.Tensor:
-    """One of the 8 flips/rotations of a (..., H, W) tensor (mode 0 is the identity)."""
-    if mode & 4:
-        image = image.transpose(-2, -1)
-    if mode & 2:
-        image = image.flip(-2)
-    if mode & 1:
-        image = image.flip(-1)
-    return image
-
-
-class PairedPatchDataset(Dataset):
-    """Random ``patch_size`` crops of training pairs with the 8 flips/rotations.
-
-    The pairs are decoded once and held in memory as uint8 (236 pairs of 600x400 take
-    340 MB). Each epoch visits every pair ``repeat`` times. The crop and augmentation of an
-    item depend only on (seed, epoch, index); call :meth:`set_epoch` before each epoch.
+    The scenes are taken in an order drawn from ``seed``; a pair missing from ``scenes`` is
+    its own scene. Returns (train, validation); no scene is in both.
     """
-
-    def __init__(
-        self,
-        pairs: list[ImagePair],
-        patch_size: int,
-        repeat: int = 1,
-        augment: bool = True,
-        seed: int = 0,
-        progress: bool = True,
-    ):
-        self.pairs = pairs
-        self.patch_size = patch_size
-        self.repeat = repeat
-        self.augment = augment
-        self.seed = seed
-        self.epoch = 0
-        self.images: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for pair in tqdm(pairs, desc="loading pairs", unit="pair", disable=not progress, leave=False):
-            low, high = load_pair(pair)
-            if min(low.shape[1:]) < patch_size:
-                raise PairedDataError(f"{pair.low}: smaller than the patch size {patch_size}")
-            self.images.append((_to_uint8(low), _to_uint8(high)))
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.pairs) * self.repeat
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        low, high = self.images[index % len(self.pairs)]
-        rng = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, index))
-        h, w = low.shape[1:]
-        top = int(torch.randint(0, h - self.patch_size + 1, (1,), generator=rng))
-        left = int(torch.randint(0, w - self.patch_size + 1, (1,), generator=rng))
-        window = (slice(None), slice(top, top + self.patch_size), slice(left, left + self.patch_size))
-        low, high = low[window], high[window]
-        if self.augment:
-            mode = int(torch.randint(0, 8, (1,), generator=rng))
-            low, high = dihedral(low, mode), dihedral(high, mode)
-        return low.float() / 255, high.float() / 255
-
-
-class PairedImageDataset(Dataset):
-    """Whole image pairs, for validation and evaluation. Items are (low, high, name)."""
-
-    def __init__(self, pairs: list[ImagePair]):
-        self.pairs = pairs
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
-        pair = self.pairs[index]
-        low, high = load_pair(pair)
-        return low, high, pair.name
+    if count <= 0:
+        return list(pairs), []
+    scene_of = {p.name: scenes.get(p.name, f"pair:{p.name}") for p in pairs}
+    ordered = sorted(set(scene_of.values()))
+    order = torch.randperm(len(ordered), generator=torch.Generator().manual_seed(seed)).tolist()
+    held: set[str] = set()
+    size = 0
+    for i in order:
+        if size >= count:
+            break
+        held.add(ordered[i])
+        size += sum(1 for name in scene_of if scene_of[name] == ordered[i])
+    if size >= len(pairs):
+        raise PairedDataError(f"cannot hold out {count} validation pairs by scene from {len(pairs)}")
+    train = [p for p in pairs if scene_of[p.name] not in held]
+    validation = [p for p in pairs if scene_of[p.name] in held]
+    return train, validation
