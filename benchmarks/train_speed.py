@@ -10,11 +10,13 @@ forward (under bf16 autocast for the bf16 variants) of a channels-last batch, th
 of 4 patches of 192x192 (configs/general_tiny.yaml). Variants: eager-fp32 (the trainer's
 default, the baseline), eager-bf16, compile-fp32 and compile-bf16 (``torch.compile`` of the
 model, default mode; the optimizer stays eager). Inductor's caches are disabled, so the
-compile time reported (the first step's time less an eager step) is a cold one.
+compile time reported (the first step's time less the variant's median step) is a cold one:
+minutes per variant on one thread, so ``--compile-models`` can limit compiling to some models.
 
 Every variant trains the same seeded initial weights on the same fixed synthetic batches
 (smooth random photos darkened with ``mirnet.data.synthetic.darken``) for
-``max(--converge-steps, warm-up + --steps)`` steps, in this one process. The time is the
+``max(--converge-steps, warm-up + --steps)`` steps, in this one process, one step of each
+variant in turn (so that a change in the machine's other load slows all alike). The time is the
 median over ``--steps`` steps after 2 warm-up steps, given as a speed-up over eager-fp32
 (fp32 s/step / variant s/step); the final loss (mean of the last 5 of the first
 ``--converge-steps`` steps) is given as a ratio to eager-fp32's, to show whether a faster
@@ -59,8 +61,8 @@ def fixed_batches(seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return batches
 
 
-def train(model_name: str, variant: str, batches: list, total: int) -> dict:
-    """Train a fresh seeded model for ``total`` steps; the seconds and loss of every step."""
+def trainer(model_name: str, variant: str):
+    """A fresh seeded model, its Adam and loss; returns ``step(low, high) -> (seconds, loss)``."""
     from mirnet.archs import MIRNet
     from mirnet.losses import EnhancementLoss
     from mirnet.training.loop import optimizer_step
@@ -71,15 +73,10 @@ def train(model_name: str, variant: str, batches: list, total: int) -> dict:
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-4, betas=(0.9, 0.999), weight_decay=0.0)
     loss_fn = EnhancementLoss(1.0, 0.3)
     runner, precision = variant.split("-")
-    if runner == "compile":
-        torch._dynamo.reset()
-        net = torch.compile(model)
-    else:
-        net = model
+    net = torch.compile(model) if runner == "compile" else model
     dtype = torch.bfloat16 if precision == "bf16" else None
-    seconds, losses = [], []
-    for step in range(total):
-        low, high = batches[step % len(batches)]
+
+    def step(low: torch.Tensor, high: torch.Tensor) -> tuple[float, float]:
         start = time.perf_counter()
         low = low.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
@@ -87,10 +84,9 @@ def train(model_name: str, variant: str, batches: list, total: int) -> dict:
         loss = loss_fn(out.float(), high)
         value = float(loss.detach())
         optimizer_step(loss, optimizer, None, 0.0)
-        seconds.append(time.perf_counter() - start)
-        losses.append(value)
-        print(f"  {model_name} {variant} step {step}: {seconds[-1]:.2f} s, loss {value:.4f}", file=sys.stderr)
-    return {"step_seconds": seconds, "losses": losses}
+        return time.perf_counter() - start, value
+
+    return step
 
 
 def main() -> None:
@@ -99,6 +95,11 @@ def main() -> None:
     )
     parser.add_argument("--models", nargs="+", default=["tiny", "small"])
     parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
+    parser.add_argument(
+        "--compile-models",
+        nargs="+",
+        help="compile variants only for these (default: all; cold compiles take minutes)",
+    )
     parser.add_argument("--steps", type=int, default=10, help="timed steps after warm-up (default 10)")
     parser.add_argument(
         "--converge-steps", type=int, default=30, help="steps for the final loss (default 30)"
@@ -113,37 +114,45 @@ def main() -> None:
     from torch._inductor import config as inductor_config
 
     inductor_config.force_disable_caches = True  # a cold compile, as a first training run pays
+    torch._dynamo.config.cache_size_limit = 64  # several compiled instances of one class
     variants = [BASELINE, *(v for v in args.variants if v != BASELINE)]
     total = max(args.converge_steps, WARMUP + args.steps)
     batches = fixed_batches()
     rows = []
     for model_name in args.models:
-        done: dict[str, dict] = {}  # this model's rows by variant
-        for variant in variants:
-            print(f"... {model_name} {variant}", file=sys.stderr, flush=True)
-            row = {"model": model_name, "variant": variant}
-            rows.append(row)
-            try:
-                run = train(model_name, variant, batches, total)
-            except Exception as error:  # a variant that fails (compile, say) is recorded, the rest go on
-                row["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
-                print(f"  failed: {row['error']}", file=sys.stderr)
+        names = [v for v in variants if model_name in (args.compile_models or args.models) or "eager" in v]
+        rows += [{"model": model_name, "variant": v, "step_seconds": [], "losses": []} for v in names]
+        runs = {row["variant"]: row for row in rows[-len(names) :]}
+        steps = {v: trainer(model_name, v) for v in names}
+        # Round robin, one step of each variant in turn: a change in the machine's other load
+        # (the training runs beside it) then slows every variant alike.
+        for i in range(total):
+            for variant, step in list(steps.items()):
+                run = runs[variant]
+                try:
+                    seconds, loss = step(*batches[i % len(batches)])
+                except Exception as error:  # a variant that fails (compile, say) is recorded
+                    run["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
+                    print(f"  {model_name} {variant} failed: {run['error']}", file=sys.stderr)
+                    del steps[variant]
+                    continue
+                run["step_seconds"].append(seconds)
+                run["losses"].append(loss)
+                print(f"  {model_name} {variant} step {i}: {seconds:.2f} s, loss {loss:.4f}", file=sys.stderr)
+        base = runs[BASELINE]
+        for variant, run in runs.items():
+            if "error" in run:
                 continue
-            row["seconds"] = float(np.median(run["step_seconds"][WARMUP : WARMUP + args.steps]))
-            row["final_loss"] = float(
+            run["seconds"] = float(np.median(run["step_seconds"][WARMUP : WARMUP + args.steps]))
+            run["final_loss"] = float(
                 np.mean(run["losses"][args.converge_steps - LAST : args.converge_steps])
             )
-            row["first_step_s"] = run["step_seconds"][0]
-            done[variant] = row
-            if BASELINE in done:
-                row["speedup"] = done[BASELINE]["seconds"] / row["seconds"]
-                row["loss_ratio"] = row["final_loss"] / done[BASELINE]["final_loss"]
-            # A compiled run's first step compiles forward and backward: less an eager step of its kind.
-            eager = done.get(variant.replace("compile", "eager"))
-            if variant.startswith("compile") and eager:
-                row["compile_s"] = row["first_step_s"] - eager["seconds"]
-            print(json.dumps(row), file=sys.stderr, flush=True)
-            row.update(run)
+            run["first_step_s"] = run["step_seconds"][0]
+            if variant.startswith("compile"):  # its first step compiles forward and backward
+                run["compile_s"] = run["first_step_s"] - run["seconds"]
+            if "error" not in base:
+                run["speedup"] = base["seconds"] / run["seconds"]
+                run["loss_ratio"] = run["final_loss"] / base["final_loss"]
 
     meta = {
         "device": f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores",

@@ -1,6 +1,6 @@
 """A picture of real dark photos with no ground truth: input | gamma | CLAHE | MIRNet.
 
-    python scripts/unpaired_figure.py PHOTO... --out docs/unpaired.png [--model tiny]
+    python scripts/unpaired_figure.py PHOTO... --out docs/unpaired.png [--model tiny [OTHER.safetensors ...]]
 
 The README's picture of DICM, LIME and LoL evaluation photos comes from this script (the
 command is in the README). Photos are enhanced whole, as ``mirnet enhance`` would.
@@ -25,12 +25,22 @@ def main() -> None:
     )
     parser.add_argument("photos", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, required=True, help="picture to write (.png or .jpg)")
-    parser.add_argument("--model", default=None, help="bundled model name (default: the default model)")
+    parser.add_argument(
+        "--model",
+        nargs="+",
+        default=[None],
+        help="bundled model names or weights files, one column each (default: the default model)",
+    )
     parser.add_argument("--width", type=int, default=300, help="width of each picture in the grid")
     args = parser.parse_args()
 
-    enhancer = mirnet.load_model(args.model)
-    label = f"MIRNet {enhancer.info['name']}"
+    enhancers = {}
+    for choice in args.model:
+        enhancer = mirnet.load_model(choice)
+        label = f"MIRNet {enhancer.info['name']}"
+        if choice is not None and Path(choice).suffix:  # a weights file: named by its run folder
+            label = Path(choice).parent.name
+        enhancers[label] = enhancer
     rows = {}
     for photo in tqdm(args.photos, unit="photo"):
         dark = read_image(photo)
@@ -40,7 +50,7 @@ def main() -> None:
             "input": dark,
             "gamma": gamma_to_mean(dark),
             "CLAHE": clahe(dark),
-            label: enhancer(dark),
+            **{label: enhancer(dark) for label, enhancer in enhancers.items()},
         }
     print(comparison_figure(rows, args.out, tile_width=args.width))
 

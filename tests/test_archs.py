@@ -169,13 +169,25 @@ def test_weights_in_the_old_resampler_layout_load_everywhere(tmp_path):
         build_model("nano", bias=True).load_state_dict(stray)
 
 
-def test_the_shipped_weights_are_in_the_old_layout():
-    # So loading the bundled model exercises the renaming on every run of the suite.
+def test_the_previous_release_in_the_old_layout_still_loads():
+    # The previous shipped tiny (main.5 / shortcut.1 keys) is kept with its training run; it
+    # must load through the renaming, while the shipped weights use the named parts.
     from safetensors import safe_open
 
+    from mirnet.weights import load_weights
+
+    old = (
+        Path(__file__).resolve().parents[1]
+        / "experiments"
+        / "tiny_finetune256_real_pairs"
+        / "model.safetensors"
+    )
+    with safe_open(str(old), framework="pt") as handle:
+        assert any(k.endswith("main.5.weight") for k in handle.keys())
     with safe_open(str(bundled_models()["tiny"]), framework="pt") as handle:
-        keys = list(handle.keys())
-    assert any(k.endswith("main.5.weight") for k in keys) and not any("body_project" in k for k in keys)
+        assert any("body_project" in k for k in handle.keys())
+    model, info = load_weights(old)
+    assert info["name"] == "tiny" and model(torch.rand(1, 3, 24, 24)).isfinite().all()
 
 
 def test_upsampling_once_after_the_convs_is_the_papers_function():

@@ -41,13 +41,19 @@ Method = Callable[[torch.Tensor], torch.Tensor]
 METRICS = ("psnr", "ssim", "psnr_gt_mean", "ssim_gt_mean")
 
 
+# An output identical to its target has an infinite PSNR, which would make any mean over a
+# set infinite (well-exposed photos returned unchanged do this). Per-image PSNR is capped here,
+# a little above the 58.9 dB of 8-bit rounding noise: below that, no difference is visible.
+PSNR_CAP = 60.0
+
+
 def score(output: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-    """PSNR and SSIM of one (3, H, W) output, plain and GT-mean."""
+    """PSNR (capped at :data:`PSNR_CAP`) and SSIM of one (3, H, W) output, plain and GT-mean."""
     out, gt = output.clamp(0, 1)[None], target[None]
     return {
-        "psnr": float(psnr_per_image(out, gt)[0]),
+        "psnr": min(float(psnr_per_image(out, gt)[0]), PSNR_CAP),
         "ssim": float(ssim_per_image(out, gt)[0]),
-        "psnr_gt_mean": float(psnr_per_image(out, gt, gt_mean=True)[0]),
+        "psnr_gt_mean": min(float(psnr_per_image(out, gt, gt_mean=True)[0]), PSNR_CAP),
         "ssim_gt_mean": float(ssim_per_image(out, gt, gt_mean=True)[0]),
     }
 
@@ -75,10 +81,13 @@ def paired_set(name: str, pairs: list[ImagePair], source: str) -> TestSet:
 
 def _photos(folders: list[str | os.PathLike]) -> list[tuple[str, Path]]:
     """(name, path) of every photo under ``folders``; names carry the folder when there are several."""
+    names = [Path(folder).name for folder in folders]
+    if len(set(names)) < len(names):  # real_pairs/test/high and lol/eval15/high: say test/high, eval15/high
+        names = ["/".join(Path(folder).resolve().parts[-2:]) for folder in folders]
     found = []
-    for folder in folders:
+    for name, folder in zip(names, folders, strict=True):
         for path in clean_photos(folder):
-            found.append((f"{Path(folder).name}/{path.stem}" if len(folders) > 1 else path.stem, path))
+            found.append((f"{name}/{path.stem}" if len(folders) > 1 else path.stem, path))
     return found
 
 

@@ -82,7 +82,7 @@ class TrainConfig:
     plateau_patience: int = 5
     min_lr: float = 1e-6
     grad_clip: float = 0.0  # max gradient norm; 0 disables clipping
-    precision: str = "auto"  # auto: bf16/fp16 AMP on CUDA, fp32 on CPU; or fp32, bf16, fp16
+    precision: str = "auto"  # auto: bf16/fp16 AMP on CUDA, bf16 on CPUs with native bf16, else fp32
     checkpoint_every: int = 100  # steps between last.pt saves, besides every epoch end
     validate_every: int = 1  # epochs
     tensorboard: bool = False

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from mirnet.archs import MIRNet
 from mirnet.data import sample_seed
+from mirnet.device import supports_bf16
 from mirnet.losses import EnhancementLoss
 from mirnet.training.config import ConfigError, ExperimentConfig, load_config, parse_config
 from mirnet.training.datasets import training_data
@@ -51,7 +52,10 @@ def autocast_settings(precision: str, device: torch.device) -> tuple[torch.dtype
         if device.type == "cuda":
             precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
-            precision = "fp32"
+            # bf16 autocast: 1.25x (tiny) and 1.48x (small) faster training steps than fp32 on a
+            # CPU with native bf16, with the same loss (benchmarks/train_speed.py); emulated
+            # bf16 is slower than fp32, so other CPUs stay in fp32.
+            precision = "bf16" if supports_bf16(device) else "fp32"
     # fp16 is also allowed on the CPU, where it is slow but takes the same path as a GPU
     # without bf16 (autocast, GradScaler, clipping the unscaled gradient): that is how it is tested.
     return {"fp32": (None, False), "bf16": (torch.bfloat16, False), "fp16": (torch.float16, True)}[precision]
