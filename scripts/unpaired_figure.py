@@ -32,6 +32,12 @@ def main() -> None:
         help="bundled model names or weights files, one column each (default: the default model)",
     )
     parser.add_argument("--width", type=int, default=300, help="width of each picture in the grid")
+    parser.add_argument(
+        "--with-ground-truth",
+        action="store_true",
+        help="the photos are the low images of pairs: show the high image of the same name (in the "
+        "sibling high/ folder) last",
+    )
     args = parser.parse_args()
 
     enhancers = {}
@@ -52,6 +58,8 @@ def main() -> None:
             "CLAHE": clahe(dark),
             **{label: enhancer(dark) for label, enhancer in enhancers.items()},
         }
+        if args.with_ground_truth:
+            rows[name]["ground truth"] = read_image(photo.parent.parent / "high" / photo.name)
     print(comparison_figure(rows, args.out, tile_width=args.width))
 
 
