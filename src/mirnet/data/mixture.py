@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from mirnet.data.pairs import PairedDataError, load_pair
+from mirnet.data.pairs import PairedDataError, load_pair, split_validation
 from mirnet.data.patches import load_uint8_pairs, random_crop_and_flip, sample_seed, to_uint8
 from mirnet.data.synthetic import Darkening, darken
 from mirnet.io import is_image_path, read_image
@@ -74,15 +74,9 @@ def clean_photos(root: str | Path) -> list[Path]:
 
 
 def hold_out_photos(paths: list[Path], count: int, seed: int) -> tuple[list[Path], list[Path]]:
-    """Split photos into (train, validation) with ``count`` validation photos chosen by seed."""
-    if count >= len(paths):
-        raise PairedDataError(f"cannot hold out {count} validation photos from {len(paths)}")
-    order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed)).tolist()
-    held = set(order[:count])
-    return (
-        [p for i, p in enumerate(paths) if i not in held],
-        [p for i, p in enumerate(paths) if i in held],
-    )
+    """Split photos into (train, validation) with ``count`` validation photos chosen by seed,
+    exactly as :func:`~mirnet.data.pairs.split_validation` holds out pairs."""
+    return split_validation(paths, count, seed)
 
 
 def load_clean(paths: list[Path], min_size: int, progress: bool, desc: str) -> list[torch.Tensor]:

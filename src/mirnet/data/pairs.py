@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import csv
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -28,6 +30,9 @@ LOW_FOLDERS = ("low", "Low")
 HIGH_FOLDERS = ("high", "Normal", "normal", "High")
 # LOL-v2 names pairs lowNNNNN / normalNNNNN: the prefix is dropped to match them.
 _PAIR_PREFIX = re.compile(r"^(low|normal|high)", re.IGNORECASE)
+
+
+T = TypeVar("T")  # pairs, or photo paths
 
 
 class PairedDataError(ValueError):
@@ -99,9 +104,7 @@ def find_pairs(root: str | Path, split: str = "train") -> list[ImagePair]:
     return sorted(pairs, key=lambda pair: _natural_key(pair.low))
 
 
-def split_validation(
-    pairs: list[ImagePair], count: int, seed: int
-) -> tuple[list[ImagePair], list[ImagePair]]:
+def split_validation(pairs: list[T], count: int, seed: int) -> tuple[list[T], list[T]]:
     """Hold ``count`` pairs out of the training pairs for validation, chosen by ``seed``.
 
     Returns (train, validation). The choice depends only on the seed and the pair names,
@@ -110,7 +113,7 @@ def split_validation(
     if count <= 0:
         return list(pairs), []
     if count >= len(pairs):
-        raise PairedDataError(f"cannot hold out {count} validation pairs from {len(pairs)}")
+        raise PairedDataError(f"cannot hold out {count} for validation from {len(pairs)}")
     order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)).tolist()
     held = set(order[:count])
     train = [p for i, p in enumerate(pairs) if i not in held]
@@ -154,7 +157,8 @@ def split_validation_by_scene(
     if count <= 0:
         return list(pairs), []
     scene_of = {p.name: scenes.get(p.name, f"pair:{p.name}") for p in pairs}
-    ordered = sorted(set(scene_of.values()))
+    scene_sizes = Counter(scene_of.values())
+    ordered = sorted(scene_sizes)
     order = torch.randperm(len(ordered), generator=torch.Generator().manual_seed(seed)).tolist()
     held: set[str] = set()
     size = 0
@@ -162,7 +166,7 @@ def split_validation_by_scene(
         if size >= count:
             break
         held.add(ordered[i])
-        size += sum(1 for name in scene_of if scene_of[name] == ordered[i])
+        size += scene_sizes[ordered[i]]
     if size >= len(pairs):
         raise PairedDataError(f"cannot hold out {count} validation pairs by scene from {len(pairs)}")
     train = [p for p in pairs if scene_of[p.name] not in held]

@@ -41,6 +41,11 @@ class Darkening:
     jpeg_fraction: float = 0.3
     jpeg_quality: tuple[int, int] = (60, 95)
 
+    @classmethod
+    def from_overrides(cls, overrides: dict) -> Darkening:
+        """The defaults with a config's ``data.darkening`` values in place (YAML lists as tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+
     def __post_init__(self) -> None:
         for name in ("exposure", "gentle_exposure", "shot_noise", "white_balance", "jpeg_quality"):
             low, high = getattr(self, name)

@@ -237,7 +237,7 @@ def _darkening(check: _Checker, given: Any) -> dict[str, Any]:
     known = {f.name for f in dataclasses.fields(Darkening)}
     given = check.mapping("data.darkening", given, known)
     try:
-        Darkening(**{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
+        Darkening.from_overrides(given)
     except (TypeError, ValueError) as err:
         raise check.fail("data.darkening", str(err)) from None
     return dict(given)

@@ -111,9 +111,7 @@ def _source(spec: SourceConfig, config: ExperimentConfig, progress: bool, saved:
         return paired_source(spec.name, train, held, patch_size, progress)
     photos = clean_photos(root)
     train, held = _as_saved(photos, saved, where) if saved else hold_out_photos(photos, spec.validation, seed)
-    darkening = Darkening(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in config.data.darkening.items()}
-    )
+    darkening = Darkening.from_overrides(config.data.darkening)
     return clean_source(spec.name, spec.kind, train, held, patch_size, seed, darkening, progress)
 
 
