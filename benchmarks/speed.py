@@ -9,8 +9,10 @@ max allocated on CUDA) is its own and a compilation cache of one path cannot hel
 Times are medians over ``--repeats`` calls after warm-up (the warm-up, which includes any
 compilation, is reported separately). Every path is reported as a speed-up over plain fp32
 (the model called as any PyTorch user would: eager, NCHW) of the same model measured in the
-same run, and its output's PSNR against plain fp32's output (the reference). Prints a
-Markdown table and writes JSON.
+same run, and its output's PSNR against plain fp32's output (the reference). The machine's
+achievable matrix-multiply rate is measured first, in the same process, in fp32 and bf16;
+each path is also reported as the share of that limit its photo's multiply-accumulates reach
+(MACs counted by PyTorch's FLOP counter). Prints a Markdown table and writes JSON.
 
 For the ``paper`` configuration, which ships no weights, a seeded random initialisation is
 timed: speed does not depend on the weights' values.
@@ -36,7 +38,21 @@ ROOT = Path(__file__).resolve().parents[1]
 # plain-fp32 is the baseline: the model called as any PyTorch user would, NCHW fp32 eager.
 # eager-fp32 is mirnet's default path (channels-last layout); the others are opt-in.
 BASELINE = "plain-fp32"
-PATHS = [BASELINE, "eager-fp32", "eager-bf16", "compile-fp32", "compile-bf16", "onnxruntime"]
+# "default" is what `mirnet enhance` does with no options: eager, channels-last, precision auto
+# (bf16 where the CPU or GPU has it natively).
+# "aoti-bf16" is `mirnet enhance --fast` once `mirnet export --format aoti` compiled the model for
+# this machine; it runs in two processes sharing an empty cache, so that the first pays the
+# ahead-of-time compilation and the second only loads the package (both warm-ups reported).
+PATHS = [
+    BASELINE,
+    "eager-fp32",
+    "eager-bf16",
+    "default",
+    "compile-fp32",
+    "compile-bf16",
+    "aoti-bf16",
+    "onnxruntime",
+]
 
 
 def _load(model_name: str):
@@ -51,9 +67,13 @@ def _load(model_name: str):
 
     torch.manual_seed(0)
     model = mirnet.build_model(model_name)
-    # The ONNX path exports from (and caches by) a weights file, so write one.
-    path = Path(tempfile.gettempdir()) / f"mirnet-bench-{model_name}.safetensors"
-    save_weights(path, model, model_name, arch_config(model_name))
+    # The ONNX and AOTInductor paths export from (and cache by the hash of) a weights file, so
+    # write one, once per run: safetensors headers are not byte-identical from one save to the
+    # next, and every child process must find the same file.
+    path = Path(os.environ.get("MIRNET_CACHE", tempfile.gettempdir())) / f"bench-{model_name}.safetensors"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_weights(path, model, model_name, arch_config(model_name))
     return model, {"name": model_name, "arch": arch_config(model_name), "weights": str(path)}
 
 
@@ -65,7 +85,14 @@ def child(
     from mirnet.io import read_image
 
     model, info = _load(model_name)
-    runner, precision = path.split("-") if "-" in path else (path, "fp32")
+    runner, precision = path.split("-") if "-" in path else (path, "auto" if path == "default" else "fp32")
+    began = time.perf_counter()
+    if runner == "aoti":
+        from mirnet.export import cached_aoti, export_aoti
+
+        package = cached_aoti(model, info["weights"], precision)
+        if not package.is_file():  # the first process: compile ahead of time, once
+            export_aoti(model.to(device), package, precision)
     enhancer = Enhancer(
         model,
         info,
@@ -73,7 +100,7 @@ def child(
         precision=precision,
         tile=tile,
         backend="onnxruntime" if runner == "onnxruntime" else "torch",
-        compile=runner == "compile",
+        compile=runner in ("compile", "aoti"),
         channels_last=runner != "plain",
     )
     image = read_image(image_path)
@@ -95,16 +122,18 @@ def child(
         enhancer.enhance_tensor(image[..., :tile, :tile])
         warmup = 0.0
     else:
-        warmup = once()
+        once()
+        warmup = time.perf_counter() - began  # loading (and compiling) plus the first photo
     times = [once() for _ in range(repeats)]
     np.save(out, once.result.numpy())
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(
-        json.dumps({"warmup_s": warmup, "seconds": float(np.median(times)), "times": times, "peak_mib": peak})
-    )
+    result = {"warmup_s": warmup, "seconds": float(np.median(times)), "times": times, "peak_mib": peak}
+    result["precision"] = enhancer.precision if enhancer.backend == "torch" else "fp32"
+    result["package"] = enhancer.package is not None
+    print(json.dumps(result))
 
 
 def run_child(model: str, path: str, image: Path, repeats: int, device: str, tile: int, out: Path) -> dict:
@@ -140,6 +169,36 @@ def make_large_photo(megapixels: float, source: Path, folder: Path) -> Path:
     path = folder / f"large_{width}x{height}.png"
     Image.open(source).convert("RGB").resize((width, height), Image.Resampling.BICUBIC).save(path)
     return path
+
+
+def gemm_rate(dtype: torch.dtype, device: str, size: int = 2048, repeats: int = 10) -> float:
+    """The machine's achievable matrix-multiply rate in GMAC/s for ``dtype``: the median of
+    ``repeats`` square products of ``size``, with this process's threads (as the children)."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    times = []
+    for _ in range(repeats + 2):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        torch.mm(a, b)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return size**3 / float(np.median(times[2:])) / 1e9
+
+
+def model_gmacs(model_name: str, height: int, width: int) -> float:
+    """Multiply-accumulates (in billions) of one forward pass on a photo of this size, counted
+    by PyTorch's FLOP counter (convolutions and matrix products; 2 FLOPs per MAC)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import mirnet
+
+    model = mirnet.build_model(model_name).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.rand(1, 3, height, width))
+    return counter.get_total_flops() / 2 / 1e9
 
 
 def main() -> None:
@@ -179,14 +238,35 @@ def main() -> None:
         if args.large:
             large = make_large_photo(args.large, image, tmp)
             # The default path only: what `mirnet enhance` does with a large photo.
-            jobs.append((DEFAULT_MODEL, "eager-fp32", large, DEFAULT_TILE))
+            jobs.append((DEFAULT_MODEL, "default", large, DEFAULT_TILE))
+        # The hardware limit, measured in this process, and each model's work per photo.
+        limits = {
+            "fp32": gemm_rate(torch.float32, args.device),
+            "bf16": gemm_rate(torch.bfloat16, args.device),
+        }
+        print(f"... GEMM rate: {limits['fp32']:.0f} GMAC/s fp32, {limits['bf16']:.0f} bf16", file=sys.stderr)
+        from PIL import Image
+
+        width, height = Image.open(image).size
+        gmacs = {m: model_gmacs(m, height, width) for m in models}
         references: dict[tuple[str, str], np.ndarray] = {}
+        os.environ["MIRNET_CACHE"] = str(tmp / "cache")  # no package from an earlier run
+        expanded = []
         for model, path, photo, tile in jobs:
+            runs = ["first process", "second process"] if path.startswith("aoti") else [""]
+            expanded += [(model, path, photo, tile, run) for run in runs]
+        for model, path, photo, tile, run in expanded:
             out = tmp / f"{model}-{path}-{photo.stem}.npy"
             repeats = args.repeats if tile == 0 else 1
-            print(f"... {model} {path} {photo.name}", file=sys.stderr, flush=True)
+            print(f"... {model} {path} {run} {photo.name}", file=sys.stderr, flush=True)
             result = run_child(model, path, photo, repeats, args.device, tile, out)
-            row = {"model": model, "path": path, "image": photo.name, "tile": tile, **result}
+            row = {
+                "model": model,
+                "path": f"{path} ({run})" if run else path,
+                "image": photo.name,
+                "tile": tile,
+            }
+            row.update(result)
             if "error" not in result:
                 output = np.load(out)
                 key = (model, photo.name)
@@ -202,10 +282,17 @@ def main() -> None:
                 row["speedup"] = base["seconds"] / result["seconds"] if base and "seconds" in base else None
                 if path == BASELINE:
                     row["speedup"] = 1.0
+                if tile == 0:
+                    row["gmacs"] = gmacs[model]
+                    # The share of the machine's matrix-multiply rate (in the path's precision)
+                    # that the photo's MACs reach: how far the path is from the hardware.
+                    row["limit_fraction"] = gmacs[model] / result["seconds"] / limits[result["precision"]]
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
 
     meta = {
+        "gemm_gmac_per_s": limits,
+        "gmacs_per_photo": gmacs,
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
@@ -230,14 +317,18 @@ def table(rows: list[dict], meta: dict) -> str:
         f"Device: {meta['device']} ({meta['threads']} threads), torch {meta['torch']}. "
         f"Command: `{meta['command']}`",
         "",
+        f"Measured GEMM rate: {meta['gemm_gmac_per_s']['fp32']:.0f} GMAC/s fp32, "
+        f"{meta['gemm_gmac_per_s']['bf16']:.0f} GMAC/s bf16; GMAC per photo: "
+        + ", ".join(f"{m} {g:.1f}" for m, g in meta["gmacs_per_photo"].items()),
+        "",
         "| model | path | photo | s / photo | MP/s | speed-up vs plain fp32 | PSNR vs plain fp32 (dB) "
-        "| peak MiB | warm-up s |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| share of GEMM limit | peak MiB | warm-up s |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if "error" in r:
             lines.append(
-                f"| {r['model']} | {r['path']} | {r['image']} | failed: {r['error'][:60]} | | | | | |"
+                f"| {r['model']} | {r['path']} | {r['image']} | failed: {r['error'][:60]} | | | | | | |"
             )
             continue
         quality = "reference" if r["path"] == BASELINE else _number(r["psnr_vs_fp32"], ".1f")
@@ -245,6 +336,7 @@ def table(rows: list[dict], meta: dict) -> str:
         lines.append(
             f"| {r['model']} | {r['path']} | {r['image']} | {r['seconds']:.3f} "
             f"| {r['megapixels_per_s']:.2f} | {speedup} | {quality} "
+            f"| {_number(r.get('limit_fraction'), '.0%')} ({r.get('precision', '')}) "
             f"| {r['peak_mib']:.0f} | {r['warmup_s']:.1f} |"
         )
     return "\n".join(lines)

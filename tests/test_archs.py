@@ -16,7 +16,13 @@ from mirnet.weights import WeightsError, arch_config, bundled_models, load_weigh
 
 DATA = Path(__file__).resolve().parent / "data"
 
-PARAMETERS = {"paper": 31_799_730, "small": 5_301_644, "tiny": 664_134, "nano": 84_019}
+PARAMETERS = {
+    "paper": 31_799_730,
+    "official": 31_787_419,  # the official code's MIRNet(), counted (tests/test_official.py)
+    "small": 5_301_644,
+    "tiny": 664_134,
+    "nano": 84_019,
+}
 
 
 def _meta(name: str, **overrides) -> MIRNet:

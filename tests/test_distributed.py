@@ -23,6 +23,7 @@ import pytest
 import torch
 import yaml
 
+import mirnet
 from mirnet.training import ExperimentConfig, Trainer, load_config, parse_config, train
 from tests.conftest import make_pairs
 
@@ -278,3 +279,36 @@ def test_two_nodes_joined_by_rendezvous(ddp_run, dataset, tmp_path):
     assert sum(output.count("weights: run/model.safetensors") for output in outputs) == 1
     # 2 nodes x 1 process train as 1 node x 2 processes do: the same world, the same batches.
     assert _max_difference(_last_model(written[0] / "run"), _last_model(ddp_run["run"])) <= TOLERANCE
+
+
+def test_torchrun_enhance_shares_a_folder_without_writing_twice(tmp_path):
+    """``torchrun --nproc_per_node 2 -m mirnet enhance FOLDER -o out/``: each process takes its
+    share, every photo is done once, and --skip-existing resumes without redoing any."""
+    from PIL import Image
+
+    from mirnet.weights import arch_config, save_weights
+    from tests.conftest import smooth_image
+
+    torch.manual_seed(0)
+    weights = save_weights(
+        tmp_path / "nano.safetensors", mirnet.build_model("nano"), "nano", arch_config("nano")
+    )
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for index in range(7):
+        Image.fromarray(smooth_image(index, 24, 32)).save(photos / f"p{index}.png")
+    target = ["-m", "mirnet", "enhance", str(photos), "-o", str(tmp_path / "out")]
+    target += ["--weights", str(weights), "-v", "--precision", "fp32"]
+    output = _torchrun(target, tmp_path)
+    written = [line.split(" -> ")[1] for line in output.splitlines() if " -> " in line]
+    assert sorted(Path(w).name for w in written) == [f"p{i}_enhanced.png" for i in range(7)]  # once each
+    assert "process 0 of 2: enhanced 4 image(s)" in output and "process 1 of 2: enhanced 3 image(s)" in output
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
+    assert len(stamps) == 7
+
+    (tmp_path / "out" / "p3_enhanced.png").unlink()  # a stopped job: one photo still to do
+    output = _torchrun([*target, "--skip-existing"], tmp_path)
+    written = [line.split(" -> ")[1] for line in output.splitlines() if " -> " in line]
+    assert [Path(w).name for w in written] == ["p3_enhanced.png"]
+    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
+    assert all(after[name] == stamps[name] for name in stamps if name != "p3_enhanced.png")

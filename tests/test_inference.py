@@ -122,3 +122,28 @@ def test_onnxruntime_refuses_bf16_in_one_line(tmp_path, capsys):
     args += ["--backend", "onnxruntime", "--precision", "bf16"]
     assert main(args) == 1
     assert "runs in fp32 only" in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
+def test_aoti_package_is_compiled_once_and_loaded_by_fast(tmp_path, monkeypatch, capsys):
+    """`mirnet export --format aoti` compiles the model for this machine into mirnet's cache;
+    any later process's compiled path (--fast) loads it instead of compiling again."""
+    from mirnet.metrics import psnr
+    from mirnet.weights import WeightsError, arch_config, save_weights
+
+    monkeypatch.setenv("MIRNET_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    weights = save_weights(
+        tmp_path / "nano.safetensors", mirnet.build_model("nano"), "nano", arch_config("nano")
+    )
+    assert main(["export", "--format", "aoti", "--weights", str(weights), "--precision", "fp32"]) == 0
+    (package,) = (tmp_path / "cache" / "aoti").glob("*.pt2")
+    assert str(package) in capsys.readouterr().out
+    fast = mirnet.load_model(weights, device="cpu", precision="fp32", compile=True)
+    eager = mirnet.load_model(weights, device="cpu", precision="fp32")
+    assert fast.package == package and eager.package is None
+    for height, width in [(48, 64), (37, 53)]:  # any size: padded to the package's multiple
+        image = torch.rand(3, height, width)
+        assert psnr(fast.enhance_tensor(image), eager.enhance_tensor(image)) > 60
+    package.write_bytes(b"not a package")
+    with pytest.raises(WeightsError, match="not a usable AOTInductor package"):
+        mirnet.load_model(weights, device="cpu", precision="fp32", compile=True)

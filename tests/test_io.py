@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import numpy as np
 import png
@@ -153,3 +154,41 @@ def test_write_failure_leaves_nothing(tmp_path):
     with pytest.raises(ValueError):
         write_image(tmp_path / "bad.jpg", torch.rand(3, 5, 5), bits=16)
     assert os.listdir(tmp_path) == []
+
+
+def test_enhance_removes_only_its_own_stale_temporaries(tmp_path):
+    """A writer killed mid-write (SIGKILL) leaves its temporary file; the next ``mirnet
+    enhance`` into that folder removes it, and nothing else."""
+    import signal
+    import subprocess
+    import sys
+
+    import mirnet.io
+    from mirnet.cli import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    code = (
+        "import sys, time\n"
+        "from mirnet.io import atomic_path\n"
+        f"with atomic_path({str(out / 'photo_enhanced.png')!r}) as tmp:\n"
+        "    tmp.write_bytes(b'half a png')\n"
+        "    print(tmp, flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    writer = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    stale = Path(writer.stdout.readline().strip())
+    writer.send_signal(signal.SIGKILL)
+    writer.wait(timeout=10)
+    assert stale.exists() and stale.name.startswith(".photo_enhanced.png.mirnet-")
+
+    live = out / f".live.png.{mirnet.io._TEMP_TAG}-abc.tmp"  # named by this process, which runs
+    live.write_bytes(b"a live writer's")
+    others = [out / ".photo.png.xyz.tmp", out / "notes.tmp", out / "keep.png"]
+    for other in others:
+        other.write_bytes(b"not ours")
+    Image.fromarray(RGB).save(tmp_path / "photo.png")
+    assert main(["enhance", str(tmp_path / "photo.png"), "-o", str(out), "-q", "--model", "tiny"]) == 0
+    assert not stale.exists()
+    assert live.exists() and all(other.exists() for other in others)
+    assert (out / "photo_enhanced.png").is_file()

@@ -439,7 +439,6 @@ def test_random_bytes_only_ever_raise_image_read_error(prefix, keep, tail, flips
         (["--device", "gpu"], "unknown device 'gpu'"),
         (["--device", "cuda:7"], "device 'cuda:7'"),  # no such GPU here, or no CUDA at all
         (["--tile", "7"], "tile size 7: use 0 (no tiling) or more than twice"),
-        (["--tile", "-5"], "tile size -5"),
     ],
 )
 def test_bad_options_fail_in_one_line_before_any_photo(tmp_path, weights, capsys, option, message):

@@ -66,6 +66,7 @@ def test_health_and_models(client: TestClient):
         "status": "ok",
         "version": mirnet.__version__,
         "limits": {"max_upload_bytes": 200_000, "max_megapixels": MAX_MEGAPIXELS},
+        "load": {"admitted": 0, "queue": serve.DEFAULT_QUEUE, "megapixels": 0.0},
     }
     models = client.get("/models").json()
     assert models["default"] == "nano"
@@ -154,8 +155,10 @@ def test_unknown_model_is_a_400_naming_the_available_ones(client: TestClient, da
     assert "unknown model" in response.json()["detail"] and "nano" in response.json()["detail"]
 
 
-def test_missing_file_field_is_a_422(client: TestClient):
-    assert client.post("/enhance", data={"model": "nano"}).status_code == 422
+def test_missing_file_field_is_a_400_with_one_line(client: TestClient):
+    response = client.post("/enhance", data={"model": "nano"})
+    assert response.status_code == 400
+    assert response.json() == {"detail": "no photo: send it in the multipart field 'file'"}
 
 
 def test_no_model_available_is_a_503(monkeypatch: pytest.MonkeyPatch, dark_png: bytes):
@@ -193,7 +196,7 @@ class SlowEnhancer:
         self.started = threading.Event()
         self.release = threading.Event()
 
-    def enhance_tensor(self, image: torch.Tensor) -> torch.Tensor:
+    def enhance_tensor(self, image: torch.Tensor, progress=None) -> torch.Tensor:
         self.started.set()
         self.release.wait(timeout=10)
         return image

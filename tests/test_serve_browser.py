@@ -92,7 +92,8 @@ def server_url(tmp_path: Path) -> Iterator[str]:
 
     from mirnet.serve import create_app
 
-    app = create_app(model=str(brightening_weights(tmp_path / "brighten.safetensors")))
+    # fp32: the test checks every pixel of a known function (bf16 would round it).
+    app = create_app(model=str(brightening_weights(tmp_path / "brighten.safetensors")), precision="fp32")
     # Binding port 0 here and handing the socket over leaves no race for the port.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))

@@ -17,6 +17,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import mirnet
+from mirnet.archs import MIRNet
 from mirnet.cli import main
 from mirnet.weights import WeightsError, arch_config, load_weights, save_weights
 
@@ -205,3 +206,59 @@ def test_checkpoint_without_weights_is_refused(tmp_path, value):
     torch.save(value, tmp_path / "odd.pt")
     with pytest.raises(WeightsError, match="holds no model weights"):
         load_weights(tmp_path / "odd.pt", name="nano")
+
+
+@pytest.mark.parametrize(
+    ("arch", "message"),
+    [
+        ({"features": 1024}, "does not fit"),  # a memory bomb: gigabytes if built before checking
+        ({"features": 4096}, "out of bounds"),
+        ({"features": -1}, "out of bounds"),
+        ({"features": 8.0}, "is not a int"),
+        ({"bias": "yes"}, "is not a bool"),
+        ({"num_groups": 10**9}, "out of bounds"),
+        ({"upsample": "magic"}, "does not build a MIRNet"),
+    ],
+)
+def test_stored_configuration_is_checked_before_building(tmp_path, monkeypatch, nano_state, arch, message):
+    path = tmp_path / "model.safetensors"
+    tensors = {k: v.contiguous() for k, v in nano_state.items()}
+    metadata = {"mirnet.name": "nano", "mirnet.arch": json.dumps({**arch_config("nano"), **arch})}
+    save_file(tensors, str(path), metadata=metadata)
+    # Nothing may be built on a real device before the shapes were compared.
+    real_init = MIRNet.__init__
+
+    def only_on_meta(self, *args, **kwargs):
+        assert torch.empty(0).device.type == "meta", "a model was built before the check"
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(MIRNet, "__init__", only_on_meta)
+    with pytest.raises(WeightsError, match=message) as caught:
+        load_weights(path)
+    assert "\n" not in str(caught.value) and str(path) in str(caught.value)
+
+
+def test_malicious_last_pt_is_refused_by_resume_in_one_line(tmp_path, capsys):
+    config = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+    run = tmp_path / "run"
+    run.mkdir()
+    marker = tmp_path / "pwned"
+    torch.save({"model": CreatesFile(marker)}, run / "last.pt")
+    assert (
+        main(["train", "--config", str(config), "--data", str(tmp_path), "--out", str(run), "--resume"]) == 1
+    )
+    err = capsys.readouterr().err
+    assert not marker.exists()
+    assert err.count("\n") == 1 and "last.pt: refused" in err
+    assert "weights_only=False" not in err and "weights_only" not in err
+
+
+def test_garbage_onnx_is_one_line(tmp_path, capsys):
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    garbage = tmp_path / "model.onnx"
+    garbage.write_bytes(os.urandom(2048))
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    args = ["enhance", str(tmp_path / "x.png"), "-o", str(tmp_path / "out"), "-q"]
+    assert main([*args, "--weights", str(garbage), "--backend", "onnxruntime"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a usable ONNX model" in err and str(garbage) in err

@@ -10,7 +10,9 @@ import warnings
 from pathlib import Path
 
 import mirnet
+from mirnet.options import integer, number
 from mirnet.serve import add_serve_parser
+from mirnet.video import DEFAULT_QUALITY, DEFAULT_SMOOTHING
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -42,6 +44,7 @@ OPTIONAL_PACKAGES = {
     "fastapi": "serve",
     "uvicorn": "serve",
     "multipart": "serve",
+    "av": "video",
 }
 
 
@@ -50,10 +53,12 @@ def _report(command: str, path, message: str) -> None:
 
 
 def _enhance(args: argparse.Namespace) -> int:
+    import torch
     from PIL.Image import DecompressionBombWarning
 
-    from mirnet.enhance import collect_inputs, enhance_files, plan_outputs
+    from mirnet.enhance import collect_inputs, enhance_files, enhance_videos, plan_outputs
     from mirnet.inference import load_model
+    from mirnet.video import is_video_path
 
     out_dir = Path(args.output) if args.output else None
     if out_dir is not None:
@@ -62,18 +67,32 @@ def _enhance(args: argparse.Namespace) -> int:
         except OSError as err:  # a file in the way, a read-only disk: nothing could be written
             _report("enhance", out_dir, f"cannot create the output folder ({err.strerror or err})")
             return 1
+    # Under torchrun every process lists the same inputs and takes every WORLD_SIZE-th one
+    # from its RANK: no file is written twice, and no process group is needed.
+    rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     inputs, failures = collect_inputs(args.inputs)
     plan, refused = plan_outputs(inputs, out_dir)
     failures += refused
-    for failure in failures:
-        _report("enhance", failure.input, failure.error)
+    if rank == 0:  # reported once, not once per process
+        for failure in failures:
+            _report("enhance", failure.input, failure.error)
+    skipped = 0
+    if args.skip_existing:
+        skipped = sum(1 for _, target in plan if target.exists())
+        plan = [(source, target) for source, target in plan if not target.exists()]
     if not plan:  # nothing readable to do: no need to load a model
         if not args.quiet:
-            print("enhanced 0 images", file=sys.stderr)
-        return 1
+            print(f"enhanced 0 images{f'; {skipped} already done' if skipped else ''}", file=sys.stderr)
+        return 1 if failures or not skipped else 0
+    plan = plan[rank::world_size]
+    if not plan:  # more processes than files
+        return 0
+    device = args.device
+    if world_size > 1 and device == "auto" and torch.cuda.is_available():
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"  # one GPU per process
     enhancer = load_model(
         args.weights or args.model,
-        device=args.device,
+        device=device,
         precision=args.precision,
         tile=args.tile,
         backend=args.backend,
@@ -92,15 +111,28 @@ def _enhance(args: argparse.Namespace) -> int:
     # --max-megapixels is the limit here: Pillow's "could be a decompression bomb" warning
     # would only add a two-line aside to the one-line error, or warn about an accepted photo.
     warnings.filterwarnings("ignore", category=DecompressionBombWarning)
+    photos = [pair for pair in plan if not is_video_path(pair[0])]
+    videos = [pair for pair in plan if is_video_path(pair[0])]
+    progress = not args.quiet and rank == 0  # one bar, not one per process
     outcomes = enhance_files(
-        plan, enhancer, bits=args.bits, progress=not args.quiet, on_outcome=show, max_pixels=max_pixels
+        photos, enhancer, bits=args.bits, progress=progress, on_outcome=show, max_pixels=max_pixels
     )
-    failed = len(failures) + sum(1 for o in outcomes if o.error)
+    smoothing = 0.0 if args.frame_by_frame else DEFAULT_SMOOTHING
+    outcomes += enhance_videos(
+        videos, enhancer, args.video_quality, smoothing, progress=progress, on_outcome=show
+    )
+    failed = (len(failures) if rank == 0 else 0) + sum(1 for o in outcomes if o.error)
     done = sum(1 for o in outcomes if o.output)
+    done_videos = sum(1 for o in outcomes if o.output and is_video_path(o.input))
     if not args.quiet:
         where = f"into {out_dir}" if out_dir is not None else "beside the inputs"
         print(
-            f"enhanced {done} image(s), written {where}" + (f"; {failed} failed" if failed else ""),
+            (f"process {rank} of {world_size}: " if world_size > 1 else "")
+            + f"enhanced {done - done_videos} image(s)"
+            + (f" and {done_videos} video(s)" if videos else "")
+            + f", written {where}"
+            + (f"; {skipped} already done" if skipped else "")
+            + (f"; {failed} failed" if failed else ""),
             file=sys.stderr,
         )
     return 1 if failed else 0
@@ -209,13 +241,40 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from mirnet.export import export_onnx
+    from mirnet.device import OptionError
+    from mirnet.export import cached_aoti, export_aoti, export_onnx
+    from mirnet.inference import load_model
     from mirnet.weights import load_weights, resolve_weights
 
-    model, info = load_weights(resolve_weights(args.weights or args.model))
+    weights = resolve_weights(args.weights or args.model)
+    if args.format == "aoti":
+        enhancer = load_model(weights, device=args.device, precision=args.precision)
+        target = (
+            Path(args.output) if args.output else cached_aoti(enhancer.model, weights, enhancer.precision)
+        )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        print(
+            f"compiling {weights.name} ({enhancer.precision}) for this machine: a few minutes, once",
+            file=sys.stderr,
+        )
+        export_aoti(enhancer.model, target, enhancer.precision)
+        print(f"wrote {target}" + ("" if args.output else "; mirnet enhance --fast now loads it in seconds"))
+        return 0
+    if not args.output:
+        raise OptionError("give the ONNX file to write: mirnet export OUT.onnx")
+    model, info = load_weights(weights)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     path = export_onnx(model, args.output, dynamo=args.dynamo)
     print(f"wrote {path} ({info['name']}; input 'image' (N, 3, H, W) in [0, 1], output 'enhanced')")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from mirnet.convert import LICENCE_NOTE, convert_checkpoint
+
+    weights, card = convert_checkpoint(args.source, args.output)
+    print(f"wrote {weights} (the official MIRNet network) and {card}, its model card")
+    print(LICENCE_NOTE)
     return 0
 
 
@@ -229,29 +288,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     enhance = commands.add_parser(
         "enhance",
-        help="brighten and denoise low-light photos",
+        help="brighten and denoise low-light photos and videos",
         description="Enhance photos with a trained MIRNet. Each INPUT is a file, a folder (its "
-        "images) or a glob. Writes NAME_enhanced.png beside each input, or into -o DIR; never "
+        "images and videos) or a glob. Writes NAME_enhanced.png beside each input, or into -o DIR; never "
         "over an input. Files that fail are reported and the others still get done; the exit "
-        "status is 1 if any failed.",
+        "status is 1 if any failed. Videos (.mp4 .mov .mkv .avi .webm .m4v; the video extra) "
+        "become NAME_enhanced.mp4 (.mov, .mkv for .mkv and .webm) in H.264, with their sound. "
+        "Under torchrun (torchrun --nproc_per_node N -m mirnet enhance FOLDER -o DIR) each process "
+        "takes its share of the inputs, one GPU each where there are GPUs.",
     )
     enhance.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
     enhance.add_argument("-o", "--output", metavar="DIR", help="folder for the results (created if needed)")
     source = enhance.add_mutually_exclusive_group()
     source.add_argument("--model", help="bundled model name (default: the default model)")
     source.add_argument(
-        "--weights", metavar="FILE", help="a .safetensors weights file from mirnet train, or an .onnx export"
+        "--weights",
+        metavar="FILE",
+        help="a .safetensors weights file from mirnet train or mirnet convert, an .onnx export, "
+        "or the authors' .pth (converted at every load)",
     )
     enhance.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     enhance.add_argument(
         "--precision",
-        choices=["fp32", "bf16"],
-        default="fp32",
-        help="fp32 (reference) or bf16 autocast (faster on recent CPUs and GPUs)",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="auto (default): bf16 where the CPU or GPU has it natively (1.5-1.7x faster, outputs over "
+        "50 dB from fp32), else fp32; fp32: the reference; bf16: autocast",
     )
     enhance.add_argument(
         "--tile",
-        type=int,
+        type=integer(0, 100_000),
         default=None,
         metavar="SIZE",
         help="process in SIZE x SIZE tiles (bounded memory); default: automatic for large photos, 0: never",
@@ -276,10 +342,28 @@ def build_parser() -> argparse.ArgumentParser:
     enhance.add_argument("--bits", type=int, choices=[8, 16], default=8, help="PNG bit depth (default 8)")
     enhance.add_argument(
         "--max-megapixels",
-        type=float,
+        type=number(0, 100_000),
         default=100.0,
         metavar="N",
         help="refuse photos over N megapixels rather than run out of memory (default 100; 0: no limit)",
+    )
+    enhance.add_argument(
+        "--video-quality",
+        type=integer(0, 51),
+        default=DEFAULT_QUALITY,
+        metavar="CRF",
+        help=f"H.264 constant rate factor for videos: 0 lossless, 51 worst (default {DEFAULT_QUALITY})",
+    )
+    enhance.add_argument(
+        "--frame-by-frame",
+        action="store_true",
+        help="enhance each video frame on its own, without the moving average of the attention "
+        "statistics over frames (reset at scene cuts) that keeps videos from flickering",
+    )
+    enhance.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="skip inputs whose output exists already (to resume a stopped job)",
     )
     enhance.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     enhance.add_argument(
@@ -319,26 +403,58 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", choices=["test", "eval", "train"], help="default: test")
     evaluate.add_argument("--out", default="evaluation", help="report folder (default: evaluation/)")
     evaluate.add_argument("--figure", nargs="*", metavar="NAME", help="image names for comparison.png")
-    evaluate.add_argument("--limit", type=int, help="only the first N pairs")
+    evaluate.add_argument("--limit", type=integer(1), metavar="N", help="only the first N pairs")
     evaluate.add_argument("--no-classical", action="store_true", help="skip the classical methods")
     evaluate.add_argument("--classical-only", action="store_true", help="skip the model")
     evaluate.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    evaluate.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    evaluate.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "auto"],
+        default="fp32",
+        help="fp32 (default here: the reference the published scores use), bf16, or auto as enhance",
+    )
     evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     evaluate.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
     evaluate.set_defaults(func=_evaluate)
 
     export = commands.add_parser(
         "export",
-        help="export a model for deployment (ONNX)",
-        description="Export a model as ONNX with dynamic batch, height and width, for ONNX Runtime.",
+        help="export a model for deployment (ONNX), or compile it once for this machine (AOTInductor)",
+        description="Export a model as ONNX with dynamic batch, height and width, for ONNX Runtime; "
+        "or, with --format aoti, compile it ahead of time for this machine's processor (a few "
+        "minutes, once): written to mirnet's cache when no OUT is given, where mirnet enhance --fast "
+        "finds it and loads it in seconds instead of compiling in every process.",
     )
     source = export.add_mutually_exclusive_group()
     source.add_argument("--model", help="bundled model name (default: the default model)")
     source.add_argument("--weights", metavar="FILE", help="a .safetensors weights file")
-    export.add_argument("--dynamo", action="store_true", help="use PyTorch's dynamo exporter (slower)")
-    export.add_argument("output", metavar="OUT.onnx")
+    export.add_argument("--format", choices=["onnx", "aoti"], default="onnx", help="onnx (default) or aoti")
+    export.add_argument("--dynamo", action="store_true", help="onnx: use PyTorch's dynamo exporter (slower)")
+    export.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="aoti: auto (default: bf16 where the hardware has it, as --fast), fp32 or bf16",
+    )
+    export.add_argument("--device", default="auto", help="aoti: cpu, cuda, cuda:N or auto (default)")
+    export.add_argument(
+        "output", nargs="?", metavar="OUT", help="OUT.onnx; for aoti, OUT.pt2 (default: mirnet's cache)"
+    )
     export.set_defaults(func=_export)
+
+    convert = commands.add_parser(
+        "convert",
+        help="convert the authors' MIRNet checkpoint (.pth) to a weights file",
+        description="Convert a checkpoint of the official MIRNet code (github.com/swz30/MIRNet, "
+        "README, 'pretrained models': model_lol.pth, model_fivek.pth) into OUT.safetensors for the "
+        "'official' configuration, with its model card OUT.json (the source's SHA-256 and "
+        "licence). Read with torch.load(weights_only=True): nothing in the file can run. Every "
+        "tensor must fit; the first that does not is named. The authors' weights are for "
+        "non-commercial research use; this package never ships them.",
+    )
+    convert.add_argument("source", metavar="CHECKPOINT.pth", help="the authors' checkpoint")
+    convert.add_argument("output", metavar="OUT.safetensors", help="the weights file to write")
+    convert.set_defaults(func=_convert)
 
     train = commands.add_parser(
         "train",

@@ -18,7 +18,15 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mirnet.inference import Enhancer
-from mirnet.io import ImageReadError, is_image_path, read_image, write_image
+from mirnet.io import ImageReadError, is_image_path, read_image, remove_stale_temporaries, write_image
+from mirnet.video import (
+    DEFAULT_QUALITY,
+    DEFAULT_SMOOTHING,
+    VideoError,
+    enhance_video,
+    is_video_path,
+    output_suffix,
+)
 
 OUTPUT_SUFFIX = "_enhanced"
 
@@ -33,7 +41,7 @@ class Outcome:
 
 
 def collect_inputs(arguments: Iterable[str]) -> tuple[list[Path], list[Outcome]]:
-    """Expand files, folders (their images, not recursively) and glob patterns.
+    """Expand files, folders (their images and videos, not recursively) and glob patterns.
 
     Folders skip files that are our own outputs (``*_enhanced.*``), so running twice on a
     folder does not enhance the first run's results. Returns (inputs, failures) where
@@ -52,10 +60,12 @@ def collect_inputs(arguments: Iterable[str]) -> tuple[list[Path], list[Outcome]]
             found = sorted(
                 p
                 for p in path.iterdir()
-                if p.is_file() and is_image_path(p) and not p.stem.endswith(OUTPUT_SUFFIX)
+                if p.is_file()
+                and (is_image_path(p) or is_video_path(p))
+                and not p.stem.endswith(OUTPUT_SUFFIX)
             )
             if not found:
-                failures.append(Outcome(path, error="folder holds no images"))
+                failures.append(Outcome(path, error="folder holds no images or videos"))
             inputs.extend(found)
         elif not path.exists():
             failures.append(Outcome(path, error="no such file or folder"))
@@ -78,7 +88,7 @@ def plan_outputs(inputs: list[Path], out_dir: Path | None) -> tuple[list[tuple[P
     claimed: dict[Path, Path] = {}
     plan, failures = [], []
     for path in inputs:
-        output = output_path_for(path, out_dir)
+        output = output_path_for(path, out_dir, output_suffix(path))
         key = output.resolve()
         if key in resolved_inputs:
             failures.append(
@@ -104,10 +114,14 @@ def enhance_files(
 
     Reading the next input and writing finished outputs overlap with the model's work.
     Inputs with more than ``max_pixels`` pixels fail with an error instead of being decoded.
+    Temporary files that a killed earlier run left in the output folders are removed first
+    (only ours: :func:`mirnet.io.remove_stale_temporaries`).
     """
     outcomes: list[Outcome] = []
     if not plan:
         return outcomes
+    for folder in sorted({target.parent for _, target in plan}):
+        remove_stale_temporaries(folder)
     bar = tqdm(total=len(plan), unit="img", desc="enhancing", disable=not progress)
     began = time.perf_counter()
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -157,3 +171,39 @@ def _collect_writes(writes, outcomes, on_outcome, wait: bool):
             outcome.output = None
         _finish(outcome, outcomes, on_outcome)
     return pending
+
+
+def enhance_videos(
+    plan: list[tuple[Path, Path]],
+    enhancer: Enhancer,
+    quality: int = DEFAULT_QUALITY,
+    smoothing: float = DEFAULT_SMOOTHING,
+    progress: bool = True,
+    on_outcome: Callable[[Outcome], None] | None = None,
+) -> list[Outcome]:
+    """Enhance each (input video, output) pair with :func:`mirnet.video.enhance_video`, one
+    progress bar of frames per video; returns one :class:`Outcome` per pair, in order.
+
+    A video that cannot be read or enhanced, or a missing PyAV, is an error for that video
+    only; the others still get done. Outputs are written atomically.
+    """
+    outcomes: list[Outcome] = []
+    for folder in sorted({target.parent for _, target in plan}):
+        remove_stale_temporaries(folder)
+    for source, target in plan:
+        outcome = Outcome(source)
+        try:
+            enhance_video(enhancer, source, target, quality=quality, smoothing=smoothing, progress=progress)
+            outcome.output = target
+        except VideoError as err:
+            outcome.error = str(err)
+        except ModuleNotFoundError as err:
+            if err.name != "av":
+                raise
+            outcome.error = str(err)
+        except (RuntimeError, MemoryError) as err:
+            outcome.error = f"enhancement failed: {err}"
+        except OSError as err:
+            outcome.error = f"cannot write {target}: {err.strerror or err}"
+        _finish(outcome, outcomes, on_outcome)
+    return outcomes

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from PIL import Image
 
 from mirnet.archs import MIRNet
 from mirnet.device import OptionError, pick_device, supports_bf16
+from mirnet.export import AotiModel, cached_aoti
 from mirnet.io import array_to_tensor, tensor_to_array
 from mirnet.tiling import (
     AUTO_TILE_PIXELS,
@@ -28,6 +30,11 @@ from mirnet.tiling import (
 )
 from mirnet.weights import WeightsError, load_weights, resolve_weights
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+if TYPE_CHECKING:
+    from mirnet.video import VideoSummary
+
 ImageLike = TypeVar("ImageLike", Image.Image, np.ndarray, torch.Tensor)
 
 
@@ -38,15 +45,18 @@ class Enhancer:
         model: the network.
         info: what was loaded (``name``, ``arch``, ``weights``).
         device: where to run (``"cpu"``, ``"cuda"``, ``None`` for the best available).
-        precision: ``"fp32"`` (the reference) or ``"bf16"`` (autocast; faster on CPUs with
+        precision: ``"auto"`` (bf16 where the CPU or GPU has it natively, else fp32),
+            ``"fp32"`` (the reference) or ``"bf16"`` (autocast; faster on CPUs with
             AVX-512 bf16 and on GPUs).
         tile: tile size for large photos; ``None`` tiles automatically above
             :data:`mirnet.tiling.AUTO_TILE_PIXELS`, ``0`` never tiles.
         overlap: overlap between tiles, in pixels.
         backend: ``"torch"``, or ``"onnxruntime"`` to run an ONNX export of the model
             (CPU, fp32; the export is cached, see :func:`mirnet.export.cached_onnx`).
-        compile: ``torch.compile`` the model (with weight freezing): faster per photo, but the
-            first photo of each new size pays a compilation of about a minute.
+        compile: run a compiled model. If ``mirnet export --format aoti`` built this model's
+            package for this precision on this machine, it is loaded (seconds); otherwise
+            ``torch.compile`` (with weight freezing), whose first photo of each new size pays
+            a compilation of about a minute, in every process.
         channels_last: run the torch backend in channels-last memory layout (the default;
             about 1.4x faster on CPU). ``False`` is plain PyTorch, the benchmarks' baseline.
 
@@ -66,13 +76,18 @@ class Enhancer:
         compile: bool = False,
         channels_last: bool = True,
     ):
-        if precision not in ("fp32", "bf16"):
-            raise OptionError(f"precision must be fp32 or bf16, not {precision!r}")
+        if precision not in PRECISIONS:
+            raise OptionError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         if backend not in ("torch", "onnxruntime"):
             raise OptionError(f"backend must be torch or onnxruntime, not {backend!r}")
         if tile:  # checked here too, so that a bad size fails once, before any photo
             check_tile(tile, overlap)
         self.device = pick_device(device) if backend == "torch" else torch.device("cpu")
+        if precision == "auto":
+            # bf16 where the hardware has it: 1.5-1.7x faster on an AVX-512 bf16 CPU, with outputs
+            # at least 51 dB from fp32 on the 91 LoL-v1 and real_pairs test photos
+            # (benchmarks/bf16_fidelity.py).
+            precision = "bf16" if backend == "torch" and supports_bf16(self.device) else "fp32"
         if model is None and backend != "onnxruntime":
             raise ValueError("an ONNX file runs only with backend='onnxruntime'")
         self.model = model.eval().to(self.device) if model is not None else None
@@ -81,7 +96,9 @@ class Enhancer:
         self.tile = tile
         self.overlap = overlap
         self.backend = backend
+        self.compiled = compile and backend == "torch"
         self._run: Callable[[torch.Tensor], torch.Tensor] = self.model
+        self.package: Path | None = None
         if backend == "onnxruntime":
             from mirnet.export import OnnxModel, cached_onnx
 
@@ -95,9 +112,22 @@ class Enhancer:
                 # 1.4x faster than NCHW on CPU for this network (oneDNN convolutions and
                 # bilinear upsampling prefer it), same results to ~1e-6.
                 self.model = self.model.to(memory_format=torch.channels_last)
-            self._run = _compiled(self.model) if compile else self.model
+            self.package = self._cached_package() if compile else None
+            if self.package is not None:
+                # Compiled once on this machine (mirnet export --format aoti): loads in seconds.
+                self._run = AotiModel(self.package, self.model.multiple)
+            elif compile:
+                self._run = _compiled(self.model)
         use_channels_last = channels_last and backend == "torch"
         self.memory_format = torch.channels_last if use_channels_last else torch.contiguous_format
+
+    def _cached_package(self) -> Path | None:
+        """This model's AOTInductor package for this precision and machine, if one was built."""
+        weights = self.info.get("weights")
+        if not weights or not Path(weights).is_file():
+            return None
+        package = cached_aoti(self.model, weights, self.precision)
+        return package if package.is_file() else None
 
     def _forward(
         self, batch: torch.Tensor, run: Callable[[torch.Tensor], torch.Tensor] | None = None
@@ -161,6 +191,17 @@ class Enhancer:
 
     __call__ = enhance
 
+    def enhance_video(self, src: str | os.PathLike, dst: str | os.PathLike, **options: Any) -> VideoSummary:
+        """Enhance a video file into ``dst`` (.mp4, .mov or .mkv), audio copied, without flicker.
+
+        Needs the ``video`` extra (PyAV). ``options``: ``quality`` (H.264 CRF), ``smoothing``
+        (seconds; 0 for frame by frame), ``scene_cut``, ``batch_frames``, ``progress``; see
+        :func:`mirnet.video.enhance_video`, which returns a :class:`mirnet.video.VideoSummary`.
+        """
+        from mirnet.video import enhance_video
+
+        return enhance_video(self, src, dst, **options)
+
 
 def _compiled(model: MIRNet) -> Callable[[torch.Tensor], torch.Tensor]:
     """torch.compile with frozen weights: constants folded into the graph for inference."""
@@ -173,7 +214,7 @@ def _compiled(model: MIRNet) -> Callable[[torch.Tensor], torch.Tensor]:
 def load_model(
     name_or_path: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
-    precision: str = "fp32",
+    precision: str = "auto",
     tile: int | None = None,
     overlap: int = DEFAULT_OVERLAP,
     backend: str = "torch",
@@ -182,10 +223,11 @@ def load_model(
 ) -> Enhancer:
     """Load a bundled model by name (``None``: the default) or a weights file by path.
 
-    ``fast`` picks the fastest path measured on CPU (benchmarks/speed.py) for the torch
-    backend: compiled, in bf16 where the hardware has it (output at least 40 dB from the fp32
-    reference, tested); the onnxruntime backend ignores it. See :class:`Enhancer` for the
-    other arguments.
+    ``precision="auto"`` (the default) runs in bf16 where the hardware has it natively, else
+    fp32; ``"fp32"`` opts out. ``fast`` picks the fastest path measured on CPU
+    (benchmarks/speed.py) for the torch backend: compiled, in bf16 where the hardware has it
+    (output at least 40 dB from the fp32 reference, tested); the onnxruntime backend ignores
+    it. See :class:`Enhancer` for the other arguments.
 
     >>> enhancer = mirnet.load_model()
     >>> bright = enhancer.enhance(PIL.Image.open("dark.jpg"))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,7 +40,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     process is killed mid-write. On error the temporary file is removed.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_TEMP_TAG}-", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -50,6 +52,47 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+# Temporary files of atomic_path are named ".NAME.mirnet-HOST-PID-RANDOM.tmp": the host and
+# process tell whether their writer still runs (a SIGKILL leaves the file behind).
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:24] or "host"
+_TEMP_TAG = f"mirnet-{_HOST}-{os.getpid()}"
+_TEMP_NAME = re.compile(r"^\..+\.mirnet-(?P<host>[A-Za-z0-9]+)-(?P<pid>[0-9]+)-[A-Za-z0-9_]+\.tmp$")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files :func:`atomic_path` left in ``folder`` when its process was
+    killed mid-write: only files of its naming pattern, written on this host by a process
+    that no longer runs. Everyone else's files, and live writers', are left alone.
+
+    Returns:
+        The paths removed.
+    """
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if match is None or match["host"] != _HOST or _running(int(match["pid"])):
+            continue
+        if entry.is_file() and not entry.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+                removed.append(entry)
+    return removed
 
 
 class ImageReadError(ValueError):

@@ -10,7 +10,9 @@ never unpickles anything. PyTorch training checkpoints (``.pt``/``.pth``) are re
 
 from __future__ import annotations
 
+import inspect
 import json
+import logging
 import os
 import pickle
 from importlib import resources
@@ -22,6 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from mirnet.archs import MODEL_CONFIGS, MIRNet
+from mirnet.archs import official as _official
 from mirnet.io import atomic_path
 
 DEFAULT_MODEL = "tiny"
@@ -59,11 +62,20 @@ def arch_config(name: str, **overrides: Any) -> dict[str, Any]:
     return {**MODEL_CONFIGS[name], **overrides}
 
 
-def save_weights(path: str | os.PathLike, model: MIRNet, name: str, arch: dict[str, Any]) -> Path:
-    """Write a model's weights and configuration to a safetensors file, atomically."""
+def save_weights(
+    path: str | os.PathLike,
+    model: MIRNet,
+    name: str,
+    arch: dict[str, Any],
+    card: dict[str, Any] | None = None,
+) -> Path:
+    """Write a model's weights and configuration to a safetensors file, atomically; ``card``
+    (where the weights come from, their licence...) is stored too, as ``mirnet.card``."""
     path = Path(path)
     tensors = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
     metadata = {"format": "pt", "mirnet.name": name, "mirnet.arch": json.dumps(arch, sort_keys=True)}
+    if card is not None:
+        metadata["mirnet.card"] = json.dumps(card, sort_keys=True)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return path
@@ -93,6 +105,58 @@ def _guess_configuration(state: dict[str, torch.Tensor]) -> str:
     if matches:
         return f"its shapes fit the {' / '.join(repr(m) for m in matches)} configuration"
     return "its shapes fit none of the built-in configurations"
+
+
+# Sane bounds for the integer arguments of a configuration read from a file: far beyond any
+# trained MIRNet (the paper's: features 64, 3 groups of 2 blocks, height 3, width 2), yet small
+# enough that even building the network's skeleton to compare shapes stays instant.
+ARCH_BOUNDS = {
+    "in_channels": (1, 4),
+    "features": (1, 1024),
+    "chan_factor": (1, 4),
+    "num_groups": (1, 32),
+    "num_blocks": (1, 32),
+    "height": (1, 6),
+    "width": (1, 8),
+    "reduction": (1, 1024),
+}
+
+_ARCH_PARAMETERS = inspect.signature(MIRNet).parameters
+
+
+def check_arch(arch: Any, state: dict[str, torch.Tensor], source: str) -> None:
+    """Check a configuration read from a file against sane bounds and against the file's own
+    tensors, without allocating the model: a file cannot make us build a network larger
+    than its own weights (a 2.7 MB file saying ``features: 1024`` would otherwise allocate
+    gigabytes before its shapes were compared).
+
+    Raises:
+        WeightsError: in one line, for an unknown argument, a value of the wrong type or out
+            of bounds, a configuration that does not build, or tensors that do not fit it.
+    """
+    if not isinstance(arch, dict):
+        raise WeightsError(f"{source}: its stored configuration is not a mapping of arguments")
+    for key, value in arch.items():
+        if key not in _ARCH_PARAMETERS:
+            raise WeightsError(f"{source}: stored configuration has an unknown argument {key!r}")
+        kind = type(_ARCH_PARAMETERS[key].default)
+        if kind in (int, bool, str) and type(value) is not kind:  # bool is not int here
+            raise WeightsError(f"{source}: stored configuration {key}={value!r} is not a {kind.__name__}")
+        low, high = ARCH_BOUNDS.get(key, (None, None))
+        if low is not None and not low <= value <= high:
+            raise WeightsError(
+                f"{source}: stored configuration {key}={value} is out of bounds ({low} to {high})"
+            )
+    try:
+        with torch.device("meta"):  # shapes only: no memory spent
+            skeleton = MIRNet(**arch)
+    except Exception as err:  # noqa: BLE001 - a foreign configuration fails in many ways
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise WeightsError(
+            f"{source}: stored configuration {arch!r} does not build a MIRNet ({message})"
+        ) from None
+    if not _try_load(skeleton, state, assign=True):
+        load_state_into(skeleton, state, source)  # raises, explaining the mismatch
 
 
 def load_state_into(model: MIRNet, state: dict[str, torch.Tensor], source: str) -> MIRNet:
@@ -129,6 +193,28 @@ def _load_failure(err: Exception) -> str:
     return " ".join(lines) or type(err).__name__
 
 
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """A PyTorch file's contents (``.pt``/``.pth``: a training checkpoint, a state dict, the
+    authors' checkpoint), read with ``torch.load(weights_only=True)``: anything but tensors
+    and plain containers (a pickled call, a class instance) is refused and never runs.
+
+    Raises:
+        WeightsError: one line, for a missing, refused or unreadable file; it never suggests
+            ``weights_only=False``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such weights file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises UnpicklingError and friends
+        raise WeightsError(
+            f"{path}: refused or unreadable as a weights-only PyTorch file ({_load_failure(err)}). "
+            "Only tensors and plain containers are loaded, never arbitrary pickled code; "
+            "convert trusted files to .safetensors."
+        ) from None
+
+
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a safetensors file."""
     path = Path(path)
@@ -148,7 +234,9 @@ def load_weights(path: str | os.PathLike, name: str | None = None) -> tuple[MIRN
 
     ``.safetensors`` files rebuild the configuration stored in them (or ``name``, if given).
     ``.pt``/``.pth`` files (our training checkpoints, or a bare state dict) are read with
-    ``weights_only=True`` and need ``name`` unless they are our checkpoints.
+    ``weights_only=True`` and need ``name`` unless they are our checkpoints. The authors'
+    checkpoints (github.com/swz30/MIRNet) are recognised and converted in memory to the
+    ``official`` configuration (:mod:`mirnet.archs.official`), with a hint to convert once.
 
     Returns:
         (model in eval mode, info) where info has ``name`` and ``arch``.
@@ -163,18 +251,19 @@ def load_weights(path: str | os.PathLike, name: str | None = None) -> tuple[MIRN
         except ValueError as err:
             raise WeightsError(f"{path}: its stored configuration is not valid JSON ({err})") from None
     elif suffix in (".pt", ".pth", ".ckpt"):
-        if not path.is_file():
-            raise WeightsError(f"{path}: no such weights file")
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises UnpicklingError and friends
-            raise WeightsError(
-                f"{path}: refused or unreadable as a weights-only PyTorch file ({_load_failure(err)}). "
-                "Only tensors and plain containers are loaded, never arbitrary pickled code; "
-                "convert trusted files to .safetensors."
-            ) from None
+        checkpoint = read_checkpoint(path)
         if isinstance(checkpoint, dict) and "model" in checkpoint and "arch" in checkpoint:
             state, stored_name, arch = checkpoint["model"], checkpoint.get("name"), checkpoint["arch"]
+        elif _official.is_official_checkpoint(checkpoint):  # the authors' .pth (swz30/MIRNet)
+            try:
+                arch, state = _official.convert_official(checkpoint)
+            except _official.OfficialCheckpointError as err:
+                raise WeightsError(f"{path}: does not fit the official MIRNet network ({err})") from None
+            stored_name = "official"
+            logging.getLogger("mirnet").warning(
+                f"mirnet: {path}: the authors' MIRNet checkpoint, converted at every load; convert it "
+                f"once with: mirnet convert {path} {path.with_suffix('.safetensors')}"
+            )
         else:
             state, stored_name, arch = checkpoint, None, None
     else:
@@ -187,9 +276,6 @@ def load_weights(path: str | os.PathLike, name: str | None = None) -> tuple[MIRN
         raise WeightsError(f"{path}: holds no model weights (expected a dict of tensors)")
     if arch is None:
         raise WeightsError(f"{path}: carries no configuration; name one ({_guess_configuration(state)})")
-    try:
-        model = MIRNet(**arch)
-    except (TypeError, ValueError) as err:  # a hand-edited or foreign configuration
-        raise WeightsError(f"{path}: stored configuration {arch!r} does not build a MIRNet ({err})") from None
-    model = load_state_into(model, state, str(path))
+    check_arch(arch, state, str(path))  # before anything is allocated for the model
+    model = load_state_into(MIRNet(**arch), state, str(path))
     return model.eval(), {"name": stored_name or "custom", "arch": arch}

@@ -57,6 +57,18 @@ Where the official code departs from a literal reading of the paper, we follow t
 `width` columns. It is what the published network is, and what its published size (31.79M)
 counts; with separate units per column the paper configuration would have 42,251,592
 parameters. ``share_attention_across_columns=False`` gives every column its own units.
+
+**The official network.** Three flags undo the three departures listed first:
+``upsample="transposed"``, ``share_final_fusion=True`` and ``share_attention_prelu=True``.
+With them the ``official`` configuration is the official network, 31,787,419 parameters,
+computing the same function as its code: tested against outputs of the official module
+(tests/test_official.py), which is how the authors' checkpoints run here
+(:mod:`mirnet.archs.official` maps their keys). Everything else already agrees with that
+code: blur-pool down-sampling ([1, 2, 1] binomial, reflect padding, as its
+utils/antialias.py with filt_size=3), bilinear shortcuts with align_corners=False, fusion
+and attention bottlenecks (max(C // 8, 4) and C // 8), the spatial attention's 5x5 conv of
+channel max and mean, and no biases. Only the input size is freer: the official code needs
+sides that are multiples of 4, where this one pads (a no-op on such sizes).
 """
 
 from __future__ import annotations
@@ -111,14 +123,38 @@ class SpatialAttention(nn.Module):
         return x * torch.sigmoid(self.conv(pooled))
 
 
+class Borrowed(nn.Module):
+    """Calls a module that another module owns, without registering it here.
+
+    Its parameters are then saved, counted and moved once, under their owner, however many
+    modules use it: how the ``official`` configuration shares one PReLU slope between all
+    dual attention units without repeating it in every unit's weights.
+    """
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self._owned_elsewhere = [module]  # in a list, so that nn.Module does not adopt it
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._owned_elsewhere[0](x)
+
+    def extra_repr(self) -> str:
+        return f"{self._owned_elsewhere[0]!r}, owned elsewhere"
+
+
 class DualAttentionUnit(nn.Module):
     """conv-PReLU-conv features gated by channel and spatial attention in parallel,
-    fused by a 1x1 conv, plus a residual connection (paper Fig. 2)."""
+    fused by a 1x1 conv, plus a residual connection (paper Fig. 2).
 
-    def __init__(self, channels: int, reduction: int = 8, bias: bool = False):
+    ``act``: a PReLU owned elsewhere, shared with other units (see :class:`MIRNet`'s
+    ``share_attention_prelu``); by default the unit has a PReLU of its own.
+    """
+
+    def __init__(self, channels: int, reduction: int = 8, bias: bool = False, act: nn.Module | None = None):
         super().__init__()
+        activation = nn.PReLU() if act is None else Borrowed(act)
         self.body = nn.Sequential(
-            _conv(channels, channels, 3, bias), nn.PReLU(), _conv(channels, channels, 3, bias)
+            _conv(channels, channels, 3, bias), activation, _conv(channels, channels, 3, bias)
         )
         self.spatial_attention = SpatialAttention()
         self.channel_attention = ChannelAttention(channels, reduction, bias)
@@ -233,43 +269,60 @@ class ResidualDownsample(_ResidualResample):
         return self.body_project(self.downsample(self.body(x))) + self.shortcut_project(self.downsample(x))
 
 
+UPSAMPLE_MODES = ("bilinear", "transposed")
+
+
 class ResidualUpsample(_ResidualResample):
     """Doubles the resolution and divides the channels by `factor` (paper Fig. 4b): a body
     (1x1 conv, PReLU, 3x3 conv, PReLU) then bilinear up-sampling and a 1x1 projection, plus
     a shortcut of bilinear up-sampling and a 1x1 projection.
 
-    The official code up-samples the body with a stride-2 transposed 3x3 convolution instead
-    (see the module docstring). Here both branches end in bilinear interpolation and a 1x1
-    conv. These are linear maps acting on space and on channels respectively, so they
-    commute, and the sum of the two branches is interpolated once, after the 1x1 convs: the
-    same function as the paper's (up to float rounding), with one interpolation of
-    `channels // factor` channels instead of two of `channels`. Upsampling was the
-    second-largest cost on CPU after convolutions.
+    ``mode="bilinear"`` (the default) is the paper's figure. Both branches then end in
+    bilinear interpolation and a 1x1 conv. These are linear maps acting on space and on
+    channels respectively, so they commute, and the sum of the two branches is interpolated
+    once, after the 1x1 convs: the same function as the paper's (up to float rounding), with
+    one interpolation of `channels // factor` channels instead of two of `channels`.
+    Upsampling was the second-largest cost on CPU after convolutions.
+
+    ``mode="transposed"`` is the official code's: the body up-samples itself, with a
+    stride-2 transposed 3x3 convolution (padding 1, output padding 1: exactly 2H x 2W) in
+    place of the 3x3 conv, and only the shortcut is interpolated (after its 1x1 conv, the
+    same function by the argument above).
     """
 
-    def __init__(self, channels: int, factor: int = 2, bias: bool = False):
+    def __init__(self, channels: int, factor: int = 2, bias: bool = False, mode: str = "bilinear"):
         super().__init__()
+        if mode not in UPSAMPLE_MODES:
+            raise ValueError(f"upsample must be one of {', '.join(UPSAMPLE_MODES)}, not {mode!r}")
         out_channels = channels // factor
-        self.body = nn.Sequential(
-            nn.Conv2d(channels, channels, 1, bias=bias),
-            nn.PReLU(),
-            _conv(channels, channels, 3, bias),
-            nn.PReLU(),
-        )
+        self.transposed = mode == "transposed"
+        # Layers are created in the order they run: the order decides the weights a seed gives.
+        pointwise = nn.Conv2d(channels, channels, 1, bias=bias)
+        if self.transposed:
+            spatial: nn.Module = nn.ConvTranspose2d(
+                channels, channels, 3, stride=2, padding=1, output_padding=1, bias=bias
+            )
+        else:
+            spatial = _conv(channels, channels, 3, bias)
+        self.body = nn.Sequential(pointwise, nn.PReLU(), spatial, nn.PReLU())
         self.body_project = nn.Conv2d(channels, out_channels, 1, bias=bias)
         self.shortcut_project = nn.Conv2d(channels, out_channels, 1, bias=bias)
-        self.upsample = _Upsample2x()  # applied once, to the sum of the branches (see above)
+        self.upsample = _Upsample2x()  # bilinear: once, to the sum of the branches (see above)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.transposed:  # the body is already at the output's resolution
+            return self.body_project(self.body(x)) + self.upsample(self.shortcut_project(x))
         return self.upsample(self.body_project(self.body(x)) + self.shortcut_project(x))
 
 
-def _resampler(channels: int, steps: int, factor: int, up: bool, bias: bool) -> nn.Module:
+def _resampler(
+    channels: int, steps: int, factor: int, up: bool, bias: bool, upsample: str = "bilinear"
+) -> nn.Module:
     """A chain of `steps` residual 2x resamplings starting at `channels` channels."""
     layers: list[nn.Module] = []
     for _ in range(steps):
         if up:
-            layers.append(ResidualUpsample(channels, factor, bias))
+            layers.append(ResidualUpsample(channels, factor, bias, upsample))
             channels //= factor
         else:
             layers.append(ResidualDownsample(channels, factor, bias))
@@ -284,6 +337,9 @@ class MultiScaleResidualBlock(nn.Module):
     channels. The first column builds each stream by down-sampling the previous stream's
     output; between columns every stream receives all others, resampled to its scale and
     fused by selective kernel feature fusion.
+
+    ``upsample``, ``share_final_fusion`` and ``attention_act`` select the official code's
+    choices (see :class:`MIRNet`); their defaults keep this network's.
     """
 
     def __init__(
@@ -295,6 +351,9 @@ class MultiScaleResidualBlock(nn.Module):
         reduction: int = 8,
         bias: bool = False,
         share_attention_across_columns: bool = True,
+        upsample: str = "bilinear",
+        share_final_fusion: bool = False,
+        attention_act: nn.Module | None = None,
     ):
         super().__init__()
         self.height, self.width = height, width
@@ -302,7 +361,7 @@ class MultiScaleResidualBlock(nn.Module):
 
         columns = 1 if share_attention_across_columns else width
         self.attention = nn.ModuleList(
-            nn.ModuleList(DualAttentionUnit(c, reduction, bias) for c in stream_channels)
+            nn.ModuleList(DualAttentionUnit(c, reduction, bias, attention_act) for c in stream_channels)
             for _ in range(columns)
         )
         # resample[src][dst] brings stream src to the scale and channels of stream dst.
@@ -310,7 +369,7 @@ class MultiScaleResidualBlock(nn.Module):
             nn.ModuleList(
                 nn.Identity()
                 if src == dst
-                else _resampler(stream_channels[src], abs(dst - src), chan_factor, dst < src, bias)
+                else _resampler(stream_channels[src], abs(dst - src), chan_factor, dst < src, bias, upsample)
                 for dst in range(height)
             )
             for src in range(height)
@@ -321,10 +380,13 @@ class MultiScaleResidualBlock(nn.Module):
         # The final fusion brings every stream back to full resolution with up-samplers of
         # its own, separate from the exchange's (as in the published network).
         self.final_upsample = nn.ModuleList(
-            nn.Identity() if s == 0 else _resampler(stream_channels[s], s, chan_factor, True, bias)
+            nn.Identity() if s == 0 else _resampler(stream_channels[s], s, chan_factor, True, bias, upsample)
             for s in range(height)
         )
-        self.final_fusion = SelectiveKernelFeatureFusion(channels, height, reduction, bias)
+        # The official code fuses with the full-resolution exchange's fusion (no module here).
+        self.share_final_fusion = share_final_fusion
+        if not share_final_fusion:
+            self.final_fusion = SelectiveKernelFeatureFusion(channels, height, reduction, bias)
         self.conv_out = _conv(channels, channels, 3, bias)
 
     def _column(self, index: int) -> nn.ModuleList:
@@ -348,7 +410,8 @@ class MultiScaleResidualBlock(nn.Module):
             units = self._column(column)
             streams = [units[s](exchanged[s]) for s in range(self.height)]
 
-        fused = self.final_fusion([self.final_upsample[s](streams[s]) for s in range(self.height)])
+        fusion = self.exchange[0] if self.share_final_fusion else self.final_fusion
+        fused = fusion([self.final_upsample[s](streams[s]) for s in range(self.height)])
         return x + self.conv_out(fused)
 
 
@@ -382,6 +445,17 @@ class MIRNet(nn.Module):
         reduction: channel reduction in the attention and fusion bottlenecks (8).
         bias: whether convolutions have biases (the paper's network has none).
         share_attention_across_columns: see the module docstring.
+        upsample: ``"bilinear"`` (a 3x3 conv and bilinear interpolation, the paper's
+            figure) or ``"transposed"`` (a stride-2 transposed 3x3 conv, the official code).
+        share_final_fusion: fuse each block's streams at the end with the full-resolution
+            exchange's fusion, as the official code does, instead of a fusion of its own.
+        share_attention_prelu: one PReLU slope for every dual attention unit of the
+            network, as the official code has (``act=nn.PReLU()``, a default argument
+            evaluated once), instead of one per unit. Saved once, as ``attention_prelu``.
+
+    The three official choices together give the official network exactly: the
+    ``official`` configuration (:mod:`mirnet.archs.configs`), which loads the authors'
+    checkpoints (:mod:`mirnet.archs.official`).
     """
 
     def __init__(
@@ -396,9 +470,17 @@ class MIRNet(nn.Module):
         reduction: int = 8,
         bias: bool = False,
         share_attention_across_columns: bool = True,
+        upsample: str = "bilinear",
+        share_final_fusion: bool = False,
+        share_attention_prelu: bool = False,
     ):
         super().__init__()
+        if upsample not in UPSAMPLE_MODES:  # checked here too, so that a bad value fails at once
+            raise ValueError(f"upsample must be one of {', '.join(UPSAMPLE_MODES)}, not {upsample!r}")
         self.multiple = 2 ** (height - 1)
+        # Registered here, once; every unit borrows it (parameter-free to create: the seeded
+        # weights of the other layers do not move).
+        self.attention_prelu = nn.PReLU() if share_attention_prelu else None
         self.conv_in = _conv(in_channels, features, 3, bias)
         self.groups = nn.Sequential(
             *(
@@ -411,6 +493,9 @@ class MIRNet(nn.Module):
                     chan_factor=chan_factor,
                     reduction=reduction,
                     share_attention_across_columns=share_attention_across_columns,
+                    upsample=upsample,
+                    share_final_fusion=share_final_fusion,
+                    attention_act=self.attention_prelu,
                 )
                 for _ in range(num_groups)
             )

@@ -23,7 +23,7 @@ import yaml
 import mirnet
 from mirnet.archs import MIRNet, count_parameters
 from mirnet.io import atomic_path
-from mirnet.weights import save_weights
+from mirnet.weights import read_checkpoint, save_weights
 
 
 class RunFolder:
@@ -78,7 +78,7 @@ class RunFolder:
 
     def load_checkpoint(self, name: str = "last.pt") -> dict[str, Any] | None:
         path = self.path / name
-        return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+        return read_checkpoint(path) if path.is_file() else None  # weights-only: nothing runs
 
     def best_checkpoint(self) -> dict[str, Any]:
         """best.pt, or last.pt for a run that never validated."""
