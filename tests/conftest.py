@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -63,3 +64,21 @@ def paired_dataset(tmp_path: Path) -> Path:
     make_pairs(root, "train", 10)
     make_pairs(root, "test", 3, offset=100)
     return root
+
+
+def png_bytes(array: np.ndarray, fmt: str = "PNG") -> bytes:
+    """An (H, W, 3) uint8 image encoded in memory (PNG, or another format Pillow writes)."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained nano model's weights file: fast, and enough to exercise the whole pipeline."""
+    import mirnet
+    from mirnet.weights import arch_config, save_weights
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "nano.safetensors"
+    return save_weights(path, mirnet.build_model("nano"), "nano", arch_config("nano"))

@@ -24,10 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import mirnet
 from mirnet.cli import build_parser, main
 from mirnet.io import ImageReadError, read_image
-from mirnet.weights import arch_config, save_weights
 from tests.conftest import make_pairs, smooth_image
 
 RGB = smooth_image(3, 24, 32)  # H=24, W=32
@@ -110,14 +108,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    """An untrained nano model: fast, and enough to exercise the whole pipeline."""
-    path = tmp_path_factory.mktemp("weights") / "nano.safetensors"
-    torch.manual_seed(0)
-    return save_weights(path, mirnet.build_model("nano"), "nano", arch_config("nano"))
 
 
 def _listing(folder: Path) -> set[str]:

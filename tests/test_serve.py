@@ -22,25 +22,11 @@ except RuntimeError as err:  # Starlette's TestClient needs httpx2 (or the older
 import mirnet  # noqa: E402
 from mirnet import serve  # noqa: E402
 from mirnet.io import read_image, to_uint  # noqa: E402
-from mirnet.weights import WeightsError, arch_config, bundled_models, save_weights  # noqa: E402
-from tests.conftest import darken, smooth_image  # noqa: E402
+from mirnet.weights import WeightsError, bundled_models  # noqa: E402
+from tests.conftest import darken, png_bytes, smooth_image  # noqa: E402
 
 MAX_UPLOAD_MB = 0.2  # 200,000 bytes
 MAX_MEGAPIXELS = 0.05  # 50,000 pixels
-
-
-def png_bytes(array: np.ndarray, fmt: str = "PNG") -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained nano model: enough to run the whole path, fast."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "nano.safetensors"
-    return save_weights(path, mirnet.build_model("nano"), "nano", arch_config("nano"))
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import os
 import signal
 import socket
@@ -15,10 +14,8 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 pytest.importorskip("fastapi", reason="mirnet serve needs the serve extra (pip install -e '.[serve]')")
 uvicorn = pytest.importorskip("uvicorn", reason="mirnet serve needs the serve extra")
@@ -27,23 +24,8 @@ try:
 except RuntimeError as err:  # Starlette's TestClient needs httpx2 (or the older httpx)
     pytest.skip(f"FastAPI's TestClient is unusable: {err}", allow_module_level=True)
 
-import mirnet  # noqa: E402
 from mirnet import serve  # noqa: E402
-from mirnet.weights import arch_config, save_weights  # noqa: E402
-from tests.conftest import darken, smooth_image  # noqa: E402
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "nano.safetensors"
-    return save_weights(path, mirnet.build_model("nano"), "nano", arch_config("nano"))
+from tests.conftest import darken, png_bytes, smooth_image  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,29 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return starts
 
 
-class GlobalContext:
+class PoolingHooks:
+    """A forward hook on each of a model's :class:`GlobalAveragePool` modules, present only
+    inside the ``with`` block: the network itself knows nothing of tiles or frames.
+    Subclasses say what the hook does with a pooled mean (``_hook``)."""
+
+    def __init__(self, model: nn.Module):
+        self.pools = [m for m in model.modules() if isinstance(m, GlobalAveragePool)]
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> PoolingHooks:
+        self._handles = [pool.register_forward_hook(self._hook) for pool in self.pools]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _hook(self, pool: nn.Module, inputs: tuple[torch.Tensor, ...], pooled: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class GlobalContext(PoolingHooks):
     """Gives every tile of a photo the photo's global statistics.
 
     MIRNet's attention units pool each feature map over the whole image, so a tile processed
@@ -64,26 +86,15 @@ class GlobalContext:
     Pooling calls are told apart by module and call order (a unit shared across columns pools
     twice per forward).
 
-    Works through forward hooks on the model's :class:`GlobalAveragePool` modules, present
-    only inside the ``with`` block: the network itself knows nothing of tiles.
+    Works through forward hooks (:class:`PoolingHooks`).
     """
 
     def __init__(self, model: nn.Module):
-        self.pools = [m for m in model.modules() if isinstance(m, GlobalAveragePool)]
+        super().__init__(model)
         self.sums: dict[tuple[int, int], torch.Tensor] = {}
         self.counts: dict[tuple[int, int], int] = {}
         self.calls: dict[int, int] = {}
         self.replaying = False
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
-
-    def __enter__(self) -> GlobalContext:
-        self._handles = [pool.register_forward_hook(self._hook) for pool in self.pools]
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
 
     def start_tile(self) -> None:
         self.calls = {}

@@ -33,9 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from mirnet.archs.mirnet_arch import GlobalAveragePool
 from mirnet.io import atomic_path
-from mirnet.tiling import GlobalContext, enhance_tiled
+from mirnet.tiling import GlobalContext, PoolingHooks, enhance_tiled
 
 if TYPE_CHECKING:
     from mirnet.inference import Enhancer
@@ -96,7 +95,7 @@ def import_av() -> Any:
     return av
 
 
-class TemporalContext:
+class TemporalContext(PoolingHooks):
     """Feeds every frame a moving average of the attention statistics of the frames before it.
 
     A forward hook on each :class:`GlobalAveragePool` replaces the frame's pooled mean by
@@ -112,21 +111,11 @@ class TemporalContext:
     def __init__(self, model: nn.Module, keep: float):
         if not 0.0 <= keep < 1.0:
             raise ValueError(f"keep must be in [0, 1), not {keep}")
-        self.pools = [m for m in model.modules() if isinstance(m, GlobalAveragePool)]
+        super().__init__(model)
         self.keep = keep
         self.state: list[torch.Tensor] = []  # one running average per pooling call, in call order
         self.weights = torch.zeros(1)
         self.position = 0
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
-
-    def __enter__(self) -> TemporalContext:
-        self._handles = [pool.register_forward_hook(self._hook) for pool in self.pools]
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
 
     def start_batch(self, cuts: Sequence[bool], device: torch.device | str = "cpu") -> None:
         """Get ready for a batch of consecutive frames; ``cuts[i]``: frame i starts a scene."""
