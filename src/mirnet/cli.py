@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 import mirnet
+from mirnet.inference import PRECISIONS
 from mirnet.options import integer, number
 from mirnet.serve import add_serve_parser
 from mirnet.video import DEFAULT_QUALITY, DEFAULT_SMOOTHING
@@ -310,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     enhance.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     enhance.add_argument(
         "--precision",
-        choices=["auto", "fp32", "bf16"],
+        choices=PRECISIONS,
         default="auto",
         help="auto (default): bf16 where the CPU or GPU has it natively (1.5-1.7x faster, outputs over "
         "50 dB from fp32), else fp32; fp32: the reference; bf16: autocast",
@@ -411,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     evaluate.add_argument(
         "--precision",
-        choices=["fp32", "bf16", "auto"],
+        choices=PRECISIONS,
         default="fp32",
         help="fp32 (default here: the reference the published scores use), bf16, or auto as enhance",
     )
@@ -434,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--dynamo", action="store_true", help="onnx: use PyTorch's dynamo exporter (slower)")
     export.add_argument(
         "--precision",
-        choices=["auto", "fp32", "bf16"],
+        choices=PRECISIONS,
         default="auto",
         help="aoti: auto (default: bf16 where the hardware has it, as --fast), fp32 or bf16",
     )

@@ -11,7 +11,6 @@ source file's SHA-256 and the weights' licence) in its metadata and beside it (`
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 import mirnet
 from mirnet.archs import MIRNet, count_parameters
 from mirnet.archs.official import OfficialCheckpointError, convert_official, is_official_checkpoint
-from mirnet.io import atomic_path
+from mirnet.io import atomic_path, file_sha256
 from mirnet.weights import WeightsError, load_state_into, read_checkpoint, save_weights
 
 # Recorded in every converted model card. The authors' LICENSE.md (an "academic public
@@ -32,15 +31,6 @@ LICENCE_NOTE = (
     "(LICENSE.md), crediting the authors. The mirnet package never ships them; this converted "
     "copy is under the same terms."
 )
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file, read in chunks (the paper model's file is 130 MB or more)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def convert_checkpoint(source: str | os.PathLike, output: str | os.PathLike) -> tuple[Path, Path]:
@@ -80,7 +70,7 @@ def convert_checkpoint(source: str | os.PathLike, output: str | os.PathLike) -> 
         "parameters": count_parameters(model),
         "source": {
             "file": source.name,
-            "sha256": sha256_of(source),
+            "sha256": file_sha256(source),
             "format": "state dict of MIRNet in networks/MIRNet_model.py, github.com/swz30/MIRNet",
             **({"epoch": epoch} if isinstance(epoch, int) else {}),
         },

@@ -120,8 +120,7 @@ def enhance_files(
     outcomes: list[Outcome] = []
     if not plan:
         return outcomes
-    for folder in sorted({target.parent for _, target in plan}):
-        remove_stale_temporaries(folder)
+    _remove_stale_temporaries(plan)
     bar = tqdm(total=len(plan), unit="img", desc="enhancing", disable=not progress)
     began = time.perf_counter()
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -150,6 +149,12 @@ def enhance_files(
     bar.close()
     order = {source: i for i, (source, _) in enumerate(plan)}
     return sorted(outcomes, key=lambda o: order[o.input])
+
+
+def _remove_stale_temporaries(plan: list[tuple[Path, Path]]) -> None:
+    """Temporary files a killed earlier run left in the output folders (only ours)."""
+    for folder in sorted({target.parent for _, target in plan}):
+        remove_stale_temporaries(folder)
 
 
 def _finish(outcome: Outcome, outcomes: list[Outcome], on_outcome) -> None:
@@ -188,8 +193,7 @@ def enhance_videos(
     only; the others still get done. Outputs are written atomically.
     """
     outcomes: list[Outcome] = []
-    for folder in sorted({target.parent for _, target in plan}):
-        remove_stale_temporaries(folder)
+    _remove_stale_temporaries(plan)
     for source, target in plan:
         outcome = Outcome(source)
         try:

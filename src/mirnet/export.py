@@ -13,7 +13,6 @@ in every process and for every new size.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import warnings
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 from mirnet.archs import MIRNet
-from mirnet.io import atomic_path
+from mirnet.io import atomic_path, file_sha256
 from mirnet.weights import WeightsError
 
 # Largest height and width an AOTInductor package accepts (larger photos are tiled anyway).
@@ -69,12 +68,18 @@ def export_onnx(model: MIRNet, path: str | os.PathLike, dynamo: bool = False, op
     return path
 
 
+def cache_entry(weights: str | os.PathLike, suffix: str, *tags: str, folder: str = "") -> Path:
+    """A file in mirnet's cache (``$MIRNET_CACHE``, default ``~/.cache/mirnet``), named after a
+    weights file, its hash and ``tags``, so that other weights never find it; it may not exist."""
+    cache = Path(os.environ.get("MIRNET_CACHE", Path.home() / ".cache" / "mirnet")) / folder
+    cache.mkdir(parents=True, exist_ok=True)
+    key = "-".join([Path(weights).stem, file_sha256(weights)[:16], *tags])
+    return cache / ("".join(c if c.isalnum() or c in "-._" else "_" for c in key) + suffix)
+
+
 def cached_onnx(model: MIRNet, weights: str | os.PathLike) -> Path:
     """An ONNX export of ``model`` cached by the weights file's hash, exported on first use."""
-    digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16]
-    cache = Path(os.environ.get("MIRNET_CACHE", Path.home() / ".cache" / "mirnet"))
-    cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"{Path(weights).stem}-{digest}.onnx"
+    path = cache_entry(weights, ".onnx")
     if not path.exists():
         export_onnx(model, path)
     return path
@@ -151,18 +156,14 @@ def export_aoti(model: MIRNet, path: str | os.PathLike, precision: str = "fp32")
 def cached_aoti(model: MIRNet, weights: str | os.PathLike, precision: str) -> Path:
     """Where the AOTInductor package of these weights, precision, device and processor is
     cached (``$MIRNET_CACHE/aoti/``, default ``~/.cache/mirnet/aoti/``); it may not exist yet."""
-    digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16]
     device = next(model.parameters()).device
     target = (
         torch.backends.cpu.get_cpu_capability()
         if device.type == "cpu"
         else torch.cuda.get_device_name(device)
     )
-    key = f"{Path(weights).stem}-{digest}-{precision}-{device.type}-{target}-torch{torch.__version__}"
-    key = "".join(c if c.isalnum() or c in "-._" else "_" for c in key)
-    cache = Path(os.environ.get("MIRNET_CACHE", Path.home() / ".cache" / "mirnet")) / "aoti"
-    cache.mkdir(parents=True, exist_ok=True)
-    return cache / f"{key}.pt2"
+    tags = (precision, device.type, target, f"torch{torch.__version__}")
+    return cache_entry(weights, ".pt2", *tags, folder="aoti")
 
 
 class AotiModel:

@@ -9,6 +9,7 @@ temporary file in the target folder, renamed into place once complete.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import socket
@@ -59,6 +60,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 _HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:24] or "host"
 _TEMP_TAG = f"mirnet-{_HOST}-{os.getpid()}"
 _TEMP_NAME = re.compile(r"^\..+\.mirnet-(?P<host>[A-Za-z0-9]+)-(?P<pid>[0-9]+)-[A-Za-z0-9_]+\.tmp$")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in chunks (a paper-sized weights file is 130 MB or more)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _running(pid: int) -> bool:

@@ -45,7 +45,7 @@ from PIL import Image, UnidentifiedImageError
 
 import mirnet
 from mirnet.device import OptionError
-from mirnet.inference import Enhancer, load_model
+from mirnet.inference import PRECISIONS, Enhancer, load_model
 from mirnet.io import ImageReadError, read_image, to_uint
 from mirnet.options import integer, number
 from mirnet.weights import DEFAULT_MODEL, WeightsError, bundled_models
@@ -693,7 +693,7 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     serve.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     serve.add_argument(
         "--precision",
-        choices=["auto", "fp32", "bf16"],
+        choices=PRECISIONS,
         default="auto",
         help="auto (default): bf16 where the CPU or GPU has it natively, else fp32",
     )
