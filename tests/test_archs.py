@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from mirnet.archs import MODEL_CONFIGS, MIRNet, build_model, count_parameters
-from mirnet.archs.mirnet_arch import GlobalAveragePool, ResidualUpsample
+from mirnet.archs.mirnet_arch import BlurPool, GlobalAveragePool, ResidualUpsample, SpatialAttention
 from mirnet.weights import WeightsError, arch_config, bundled_models, load_weights
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -20,6 +20,7 @@ PARAMETERS = {
     "paper": 31_799_730,
     "official": 31_787_419,  # the official code's MIRNet(), counted (tests/test_official.py)
     "small": 5_301_644,
+    "medium": 1_327_404,
     "tiny": 664_134,
     "nano": 84_019,
 }
@@ -210,3 +211,33 @@ def test_upsampling_once_after_the_convs_is_the_papers_function():
 def test_global_pooling_is_a_plain_mean():
     x = torch.randn(2, 5, 7, 3)
     assert torch.equal(GlobalAveragePool()(x), x.mean(dim=(2, 3), keepdim=True))
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 8, 10), (1, 4, 7, 9), (1, 3, 2, 2), (1, 3, 6, 3), (1, 16, 40, 60)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_blur_pool_is_the_reflect_padded_blur(shape, channels_last):
+    # Even sizes skip the padded copy and recompute the first row and column (see BlurPool);
+    # values and gradients must be those of the plain reflect-padded, strided [1, 2, 1] blur.
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    pool = BlurPool(shape[1]).double()
+    taps = torch.tensor([1.0, 2.0, 1.0], dtype=torch.float64)
+    kernel = (taps[:, None] * taps[None, :] / 16).expand(shape[1], 1, 3, 3)
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    expected = torch.nn.functional.conv2d(padded, kernel, stride=2, groups=shape[1])
+    got = pool(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
+    assert torch.allclose(got, expected, atol=1e-12)
+    weights = torch.randn_like(expected)
+    (grad_got,) = torch.autograd.grad((got * weights).sum(), x)
+    (grad_expected,) = torch.autograd.grad((expected * weights).sum(), x)
+    assert torch.allclose(grad_got, grad_expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_spatial_attention_gates_with_channel_max_and_mean(channels_last):
+    torch.manual_seed(0)
+    attention = SpatialAttention(16).double()
+    x = torch.randn(2, 16, 12, 14, dtype=torch.float64)
+    pooled = torch.cat([x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)], dim=1)
+    expected = x * torch.sigmoid(attention.conv(pooled))
+    got = attention(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
+    assert torch.allclose(got, expected, atol=1e-12)

@@ -124,9 +124,10 @@ def test_onnxruntime_refuses_bf16_in_one_line(tmp_path, capsys):
     assert "runs in fp32 only" in capsys.readouterr().err and not list(tmp_path.iterdir())
 
 
-def test_aoti_package_is_compiled_once_and_loaded_by_fast(tmp_path, monkeypatch, capsys):
+def test_aoti_package_is_compiled_once_and_loaded_by_default_and_fast(tmp_path, monkeypatch, capsys):
     """`mirnet export --format aoti` compiles the model for this machine into mirnet's cache;
-    any later process's compiled path (--fast) loads it instead of compiling again."""
+    any later process's default and compiled (--fast) paths load it instead of compiling again;
+    compile=False (--no-compile) keeps the eager model, and a broken package only warns."""
     from mirnet.metrics import psnr
     from mirnet.weights import WeightsError, arch_config, save_weights
 
@@ -139,11 +140,18 @@ def test_aoti_package_is_compiled_once_and_loaded_by_fast(tmp_path, monkeypatch,
     (package,) = (tmp_path / "cache" / "aoti").glob("*.pt2")
     assert str(package) in capsys.readouterr().out
     fast = mirnet.load_model(weights, device="cpu", precision="fp32", compile=True)
-    eager = mirnet.load_model(weights, device="cpu", precision="fp32")
-    assert fast.package == package and eager.package is None
+    default = mirnet.load_model(weights, device="cpu", precision="fp32")
+    eager = mirnet.load_model(weights, device="cpu", precision="fp32", compile=False)
+    assert fast.package == package and default.package == package and eager.package is None
+    assert not default.compiled  # the package was found, not compiled for
     for height, width in [(48, 64), (37, 53)]:  # any size: padded to the package's multiple
         image = torch.rand(3, height, width)
-        assert psnr(fast.enhance_tensor(image), eager.enhance_tensor(image)) > 60
+        expected = eager.enhance_tensor(image)
+        assert psnr(fast.enhance_tensor(image), expected) > 60
+        assert psnr(default.enhance_tensor(image), expected) > 60
     package.write_bytes(b"not a package")
     with pytest.raises(WeightsError, match="not a usable AOTInductor package"):
         mirnet.load_model(weights, device="cpu", precision="fp32", compile=True)
+    with pytest.warns(UserWarning, match="not a usable AOTInductor package .*; running the eager model"):
+        fallback = mirnet.load_model(weights, device="cpu", precision="fp32")
+    assert fallback.package is None and fallback._run is fallback.model

@@ -172,6 +172,33 @@ def test_fine_tuning_starts_from_the_given_weights(paired_dataset, tmp_path):
         train(_config(init_weights=str(other)), paired_dataset, tmp_path / "run2", progress=False)
 
 
+def test_a_deeper_network_grows_from_a_shallower_one_with_the_same_function(paired_dataset, tmp_path):
+    """init_weights with fewer groups: the trained groups are copied and each new group starts
+    as the identity, so the deeper network computes what the trained one did, then learns."""
+    from mirnet.archs import MIRNet
+    from mirnet.training.loop import load_init_weights
+    from mirnet.weights import WeightsError, arch_config, save_weights
+
+    torch.manual_seed(5)
+    shallow = mirnet.build_model("nano")
+    start = save_weights(tmp_path / "nano.safetensors", shallow, "nano", arch_config("nano"))
+    deeper_arch = {**arch_config("nano"), "num_groups": 3}
+    deeper = MIRNet(**deeper_arch)
+    load_init_weights(deeper, str(start), deeper_arch)
+    image = torch.rand(1, 3, 24, 28)
+    with torch.no_grad():
+        assert torch.allclose(deeper.eval()(image), shallow.eval()(image), atol=1e-6)
+    # The new groups' inner layers keep their seeded weights, to learn once the last conv moves.
+    assert deeper.groups[2].body[0].attention[0][0].body[0].weight.abs().sum() > 0
+    trainer = Trainer(
+        _config(init_weights=str(start)), paired_dataset, tmp_path / "run", progress=False
+    )  # the same configuration: plain fine-tuning
+    assert torch.equal(trainer.model.conv_in.weight, shallow.conv_in.weight)
+    wider_arch = {**arch_config("nano"), "features": 16}
+    with pytest.raises(WeightsError, match="only the number of groups may grow"):
+        load_init_weights(MIRNet(**wider_arch), str(start), wider_arch)
+
+
 def test_resuming_a_finished_run_says_so(paired_dataset, tmp_path, capsys):
     run = tmp_path / "run"
     train(_config(), paired_dataset, run, progress=False)

@@ -186,7 +186,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     if not args.classical_only:
         chosen = args.weights or args.model or [None]
         for choice in chosen:
-            enhancer = load_model(choice, device=args.device, precision=args.precision)
+            # Eager: scores must not depend on what this machine has compiled.
+            enhancer = load_model(choice, device=args.device, precision=args.precision, compile=False)
             label = f"MIRNet {enhancer.info['name']}"
             if len(chosen) > 1:
                 label += f" ({Path(choice).parent.name if args.weights else choice})"
@@ -249,7 +250,7 @@ def _export(args: argparse.Namespace) -> int:
 
     weights = resolve_weights(args.weights or args.model)
     if args.format == "aoti":
-        enhancer = load_model(weights, device=args.device, precision=args.precision)
+        enhancer = load_model(weights, device=args.device, precision=args.precision, compile=False)
         target = (
             Path(args.output) if args.output else cached_aoti(enhancer.model, weights, enhancer.precision)
         )
@@ -259,7 +260,8 @@ def _export(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         export_aoti(enhancer.model, target, enhancer.precision)
-        print(f"wrote {target}" + ("" if args.output else "; mirnet enhance --fast now loads it in seconds"))
+        found = "" if args.output else "; mirnet enhance and mirnet serve now run it (it loads in seconds)"
+        print(f"wrote {target}{found}")
         return 0
     if not args.output:
         raise OptionError("give the ONNX file to write: mirnet export OUT.onnx")
@@ -331,9 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     enhance.add_argument(
         "--compile",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="run a compiled model: the package of mirnet export --format aoti if one was built on "
-        "this machine (loads in seconds), else torch.compile (20-70 s per photo size, in every process)",
+        "this machine (loads in seconds), else torch.compile (20-70 s per photo size, in every "
+        "process). By default the package is used when there is one, and nothing is compiled; "
+        "--no-compile always runs the eager model",
     )
     enhance.add_argument(
         "--fast",
@@ -425,8 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="export a model for deployment (ONNX), or compile it once for this machine (AOTInductor)",
         description="Export a model as ONNX with dynamic batch, height and width, for ONNX Runtime; "
         "or, with --format aoti, compile it ahead of time for this machine's processor (a few "
-        "minutes, once): written to mirnet's cache when no OUT is given, where mirnet enhance --fast "
-        "finds it and loads it in seconds instead of compiling in every process.",
+        "minutes, once): written to mirnet's cache when no OUT is given, where mirnet enhance (with or "
+        "without --fast) and mirnet serve find it and load it in seconds instead of compiling in "
+        "every process.",
     )
     source = export.add_mutually_exclusive_group()
     source.add_argument("--model", help="bundled model name (default: the default model)")

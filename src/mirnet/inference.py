@@ -8,6 +8,7 @@ device from :mod:`mirnet.device`, array conversions from :mod:`mirnet.io`.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -53,10 +54,12 @@ class Enhancer:
         overlap: overlap between tiles, in pixels.
         backend: ``"torch"``, or ``"onnxruntime"`` to run an ONNX export of the model
             (CPU, fp32; the export is cached, see :func:`mirnet.export.cached_onnx`).
-        compile: run a compiled model. If ``mirnet export --format aoti`` built this model's
-            package for this precision on this machine, it is loaded (seconds); otherwise
-            ``torch.compile`` (with weight freezing), whose first photo of each new size pays
-            a compilation of about a minute, in every process.
+        compile: ``None`` (the default) runs this model's AOTInductor package if ``mirnet
+            export --format aoti`` built one for this precision on this machine (it loads in
+            seconds; 1.4x faster than eager in bf16 on CPU), else the eager model: it never
+            compiles. ``True`` also compiles when there is no package: ``torch.compile`` (with
+            weight freezing), whose first photo of each new size pays a compilation of about a
+            minute, in every process. ``False`` always runs the eager model.
         channels_last: run the torch backend in channels-last memory layout (the default;
             about 1.4x faster on CPU). ``False`` is plain PyTorch, the benchmarks' baseline.
 
@@ -73,7 +76,7 @@ class Enhancer:
         tile: int | None = None,
         overlap: int = DEFAULT_OVERLAP,
         backend: str = "torch",
-        compile: bool = False,
+        compile: bool | None = None,
         channels_last: bool = True,
     ):
         if precision not in PRECISIONS:
@@ -96,7 +99,7 @@ class Enhancer:
         self.tile = tile
         self.overlap = overlap
         self.backend = backend
-        self.compiled = compile and backend == "torch"
+        self.compiled = bool(compile) and backend == "torch"
         self._run: Callable[[torch.Tensor], torch.Tensor] = self.model
         self.package: Path | None = None
         if backend == "onnxruntime":
@@ -112,11 +115,18 @@ class Enhancer:
                 # 1.4x faster than NCHW on CPU for this network (oneDNN convolutions and
                 # bilinear upsampling prefer it), same results to ~1e-6.
                 self.model = self.model.to(memory_format=torch.channels_last)
-            self.package = self._cached_package() if compile else None
+            self.package = self._cached_package() if compile is not False else None
             if self.package is not None:
                 # Compiled once on this machine (mirnet export --format aoti): loads in seconds.
-                self._run = AotiModel(self.package, self.model.multiple)
-            elif compile:
+                try:
+                    self._run = AotiModel(self.package, self.model.multiple)
+                except WeightsError as err:
+                    if compile:
+                        raise
+                    # Unasked for: a broken package must not stop the default path.
+                    warnings.warn(f"{err}; running the eager model", stacklevel=2)
+                    self.package = None
+            if self.package is None and compile:
                 self._run = _compiled(self.model)
         use_channels_last = channels_last and backend == "torch"
         self.memory_format = torch.channels_last if use_channels_last else torch.contiguous_format
@@ -218,7 +228,7 @@ def load_model(
     tile: int | None = None,
     overlap: int = DEFAULT_OVERLAP,
     backend: str = "torch",
-    compile: bool = False,
+    compile: bool | None = None,
     fast: bool = False,
 ) -> Enhancer:
     """Load a bundled model by name (``None``: the default) or a weights file by path.
@@ -227,7 +237,9 @@ def load_model(
     fp32; ``"fp32"`` opts out. ``fast`` picks the fastest path measured on CPU
     (benchmarks/speed.py) for the torch backend: compiled, in bf16 where the hardware has it
     (output at least 40 dB from the fp32 reference, tested); the onnxruntime backend ignores
-    it. See :class:`Enhancer` for the other arguments.
+    it. With neither, the model runs as this machine's AOTInductor package if ``mirnet export
+    --format aoti`` built one, else eagerly (``compile=None``; ``False`` for always eager). See
+    :class:`Enhancer` for the other arguments.
 
     >>> enhancer = mirnet.load_model()
     >>> bright = enhancer.enhance(PIL.Image.open("dark.jpg"))

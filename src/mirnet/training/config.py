@@ -87,7 +87,8 @@ class TrainConfig:
     validate_every: int = 1  # epochs
     tensorboard: bool = False
     # Weights to start from instead of a random initialisation (fine-tuning): a bundled model
-    # name or a .safetensors file of the same configuration. Ignored on --resume.
+    # name or a .safetensors file of the same configuration, or of one with fewer groups (grown
+    # deeper, see load_init_weights). Ignored on --resume.
     init_weights: str | None = None
 
 

@@ -125,14 +125,35 @@ def build_model(arch: dict[str, Any], device: torch.device, init_weights: str | 
 
 
 def load_init_weights(model: MIRNet, name_or_path: str, arch: dict[str, Any]) -> None:
-    """Start from trained weights (fine-tuning); they must have the run's configuration."""
+    """Start from trained weights: the run's configuration (fine-tuning), or the same network
+    with fewer recursive residual groups (growing it deeper).
+
+    Growing keeps the trained network's function: its groups are copied, and each new group,
+    appended after them, starts as the identity (a group is ``x + body(x)``, and its body's last
+    convolution starts at zero; its other layers keep their seeded weights and start learning
+    once that convolution moves off zero). The deeper network so begins at the trained one's
+    quality rather than from scratch: how the quality model is trained from the fast one.
+    """
     path = resolve_weights(name_or_path)
     trained, info = load_weights(path)
-    if info["arch"] != arch:
+    source = info["arch"]
+    if source == arch:
+        model.load_state_dict(trained.state_dict())
+        return
+    groups = source.get("num_groups", 0)
+    if {**source, "num_groups": arch.get("num_groups")} != arch or groups > arch["num_groups"]:
         raise WeightsError(
-            f"{path}: init_weights has configuration {info['arch']}, but this run trains {arch}"
+            f"{path}: init_weights has configuration {source}, but this run trains {arch} "
+            "(only the number of groups may grow)"
         )
-    model.load_state_dict(trained.state_dict())
+    missing, unexpected = model.load_state_dict(trained.state_dict(), strict=False)
+    assert not unexpected and all(key.startswith("groups.") for key in missing)
+    with torch.no_grad():
+        for group in model.groups[groups:]:
+            last = group.body[-1]
+            last.weight.zero_()
+            if last.bias is not None:
+                last.bias.zero_()
 
 
 def optimizer_step(
