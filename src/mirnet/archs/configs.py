@@ -6,8 +6,9 @@ official code's 31,787,419 (the paper reports 31.79M; the difference is explaine
 (github.com/swz30/MIRNet, networks/MIRNet_model.py), 31,787,419 parameters: what the
 authors' checkpoints load into (:mod:`mirnet.archs.official`). The smaller ones are sized
 for CPUs: ``tiny`` is the shipped default, fast enough for interactive use on a laptop;
-``medium`` (tiny made twice as deep) is the shipped quality model, about half as fast;
-``small`` is a wider middle ground for users with a few minutes to spare per folder.
+``medium`` is tiny made twice as deep, grown from a trained tiny (not shipped yet: so far it
+only matches tiny on validation); ``small`` is a wider middle ground for users with a few
+minutes to spare per folder.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
         share_attention_prelu=True,
     ),
     "small": dict(features=32, chan_factor=2, num_groups=2, num_blocks=2, height=3, width=2),
-    # tiny's width, twice its depth: the quality model, grown from a trained tiny (a new group
-    # that starts as the identity, see mirnet.training.loop.load_init_weights), which a CPU can
-    # train in hours where small from scratch would take days.
+    # tiny's width, twice its depth: a quality model grown from a trained tiny (a new group that
+    # starts as the identity, see mirnet.training.loop.load_init_weights), which a CPU can train
+    # in hours where small from scratch would take days (configs/general_medium*.yaml).
     "medium": dict(features=16, chan_factor=2, num_groups=2, num_blocks=2, height=3, width=2),
     "tiny": dict(features=16, chan_factor=2, num_groups=1, num_blocks=2, height=3, width=2),
     # For tests and smoke runs: 84k parameters, every kind of layer present.

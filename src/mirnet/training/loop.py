@@ -132,7 +132,7 @@ def load_init_weights(model: MIRNet, name_or_path: str, arch: dict[str, Any]) ->
     appended after them, starts as the identity (a group is ``x + body(x)``, and its body's last
     convolution starts at zero; its other layers keep their seeded weights and start learning
     once that convolution moves off zero). The deeper network so begins at the trained one's
-    quality rather than from scratch: how the quality model is trained from the fast one.
+    quality rather than from scratch (configs/general_medium*.yaml grow ``medium`` from ``tiny``).
     """
     path = resolve_weights(name_or_path)
     trained, info = load_weights(path)
