@@ -343,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     enhance.add_argument(
         "--fast",
         action="store_true",
-        help="--compile plus bf16 where the CPU or GPU has it: about 3.2x faster per photo than plain "
+        help="--compile plus bf16 where the CPU or GPU has it: about 3x faster per photo than plain "
         "fp32 on an AVX-512 CPU; run mirnet export --format aoti once so that it starts in seconds; "
         "ignored by onnxruntime",
     )
