@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from mirnet.archs.mirnet_arch import BlurPool, SpatialAttention
 from mirnet.device import supports_bf16
 from mirnet.io import read_image
+from mirnet.metrics import psnr
 from mirnet.weights import bundled_models, load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,11 +67,6 @@ def timed(
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         out = net(batch)
     return time.perf_counter() - start, out.float()
-
-
-def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = torch.mean((a.double().clamp(0, 1) - b.double().clamp(0, 1)) ** 2).item()
-    return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(1.0 / mse)).item()
 
 
 def main() -> None:
@@ -110,7 +106,7 @@ def main() -> None:
                 "plain_s": plain_s,
                 "rewritten_s": rewritten_s,
                 "speedup": plain_s / rewritten_s,
-                "psnr_db": psnr_db(outputs[True], outputs[False]),
+                "psnr_db": psnr(outputs[True].clamp(0, 1), outputs[False].clamp(0, 1)),
             }
         )
     use_plain_layers(model, False)

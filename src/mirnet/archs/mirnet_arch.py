@@ -120,7 +120,7 @@ class SpatialAttention(nn.Module):
 
     Two steps are written for speed in the channels-last layout the CPU path uses, where
     channels are the innermost axis and PyTorch's bf16 kernels for reducing or broadcasting
-    along it are slow (together about a tenth of ``tiny``'s time in bf16; benchmarks/speed.py):
+    along it are slow (together about a tenth of ``tiny``'s time in bf16; benchmarks/eager_blocks.py):
     the channel mean is a 1x1 convolution with weights 1/C, and the one-channel gate is
     expanded to all channels before the product. Both compute the same values.
     """
@@ -218,7 +218,8 @@ class BlurPool(nn.Module):
     padding is never read, and the reflected top row and left column only change the first
     output row and column. So the blur runs with zero padding and those two lines are then
     recomputed from the first two input rows and columns. Same values as the padded version
-    (tested); the reflect pad was a fifth of ``tiny``'s time in channels-last bf16 on CPU.
+    (tested); the reflect pad was a fifth of ``tiny``'s time in channels-last bf16 on CPU
+    (benchmarks/eager_blocks.py times both versions).
     """
 
     def __init__(self, channels: int):
