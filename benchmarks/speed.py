@@ -9,7 +9,9 @@ max allocated on CUDA) is its own and a compilation cache of one path cannot hel
 Times are medians over ``--repeats`` calls after warm-up (the warm-up, which includes any
 compilation, is reported separately). Every path is reported as a speed-up over plain fp32
 (the model called as any PyTorch user would: eager, NCHW) of the same model measured in the
-same run, and its output's PSNR against plain fp32's output (the reference). The machine's
+same run, and its output's PSNR against plain fp32's output (the reference). Every other path
+runs as the ``mirnet`` command does, with freed memory kept for reuse
+(``mirnet.device.keep_freed_memory``); plain fp32 keeps the C library's defaults. The machine's
 achievable matrix-multiply rate is measured first, in the same process, in fp32 and bf16;
 each path is also reported as the share of that limit its photo's multiply-accumulates reach
 (MACs counted by PyTorch's FLOP counter). Prints a Markdown table and writes JSON.
@@ -45,8 +47,11 @@ BASELINE = "plain-fp32"
 # "aoti-bf16" is `mirnet enhance --fast` once `mirnet export --format aoti` compiled the model for
 # this machine; it runs in two processes sharing an empty cache, so that the first pays the
 # ahead-of-time compilation and the second only loads the package (both warm-ups reported).
+# "kept-fp32" is plain fp32 with freed memory kept for reuse, as the mirnet command runs it:
+# how much of every other path's speed-up comes from the memory setting alone.
 PATHS = [
     BASELINE,
+    "kept-fp32",
     "eager-fp32",
     "eager-bf16",
     "default",
@@ -83,11 +88,16 @@ def child(
     model_name: str, path: str, image_path: str, repeats: int, device: str, tile: int, out: str
 ) -> None:
     """Measure one (model, path) and print a JSON line; saves the output image to ``out``."""
+    from mirnet.device import keep_freed_memory
     from mirnet.inference import Enhancer
     from mirnet.io import read_image
 
     model, info = _load(model_name)
     runner, precision = path.split("-") if "-" in path else (path, "auto" if path == "default" else "fp32")
+    if runner != "plain":
+        # What the mirnet command does for every path it runs; plain PyTorch keeps glibc's
+        # defaults (mirnet.device.keep_freed_memory).
+        keep_freed_memory()
     began = time.perf_counter()
     if runner == "aoti":
         from mirnet.export import cached_aoti, export_aoti
@@ -105,7 +115,7 @@ def child(
         # The default path finds a package that `mirnet export --format aoti` built (the aoti
         # rows build one); the others are pinned: eager, or compiled.
         compile=None if runner == "default" else runner in ("compile", "aoti"),
-        channels_last=runner != "plain",
+        channels_last=runner not in ("plain", "kept"),
     )
     image = read_image(image_path)
     if device.startswith("cuda"):

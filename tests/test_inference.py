@@ -110,6 +110,24 @@ def test_enhance_cli_on_the_samples_folder(tmp_path):
     assert read_image(tmp_path / outputs[0]).mean() > read_image(SAMPLES[0]).mean()
 
 
+def test_a_long_folder_run_eagerly_gets_one_tip_to_compile(tmp_path, monkeypatch, capsys):
+    import mirnet.cli
+
+    monkeypatch.setenv("MIRNET_CACHE", str(tmp_path / "cache"))  # no package built here
+    monkeypatch.setattr(mirnet.cli, "PACKAGE_TIP_PHOTOS", 2)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for index in range(2):
+        Image.new("RGB", (24, 16), (10 * index, 20, 30)).save(folder / f"{index}.png")
+    assert main(["enhance", str(folder), "-o", str(tmp_path / "out"), "--precision", "fp32"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("tip:") == 1
+    assert "`mirnet export --format aoti --precision fp32 --device cpu`" in err
+    for quiet_or_eager in ("-q", "--no-compile"):
+        assert main(["enhance", str(folder), "-o", str(tmp_path / "out2"), quiet_or_eager]) == 0
+        assert "tip:" not in capsys.readouterr().err
+
+
 def test_a_missing_optional_extra_is_named(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "onnx", None)  # makes `import onnx` fail as if not installed
     assert main(["export", "--model", "tiny", str(tmp_path / "tiny.onnx")]) == 1
@@ -155,3 +173,46 @@ def test_aoti_package_is_compiled_once_and_loaded_by_default_and_fast(tmp_path, 
     with pytest.warns(UserWarning, match="not a usable AOTInductor package .*; running the eager model"):
         fallback = mirnet.load_model(weights, device="cpu", precision="fp32")
     assert fallback.package is None and fallback._run is fallback.model
+
+
+_HELD_AFTER_FREE = """
+import sys, torch
+from mirnet.device import keep_freed_memory
+kept = keep_freed_memory()
+def resident_mib():
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * 4096 / 2**20
+before = resident_mib()
+block = torch.ones(64 * 2**20 // 4)  # 64 MiB, every page touched
+del block
+print(kept, round(resident_mib() - before))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and glibc's mallopt")
+@pytest.mark.parametrize(("opt_out", "kept"), [(None, True), ("0", False)])
+def test_freed_memory_is_kept_for_the_next_tensors_unless_opted_out(opt_out, kept, monkeypatch):
+    # glibc gives a big freed block back to the system at once by default, so the next
+    # tensor pays for fresh pages; kept, the block stays resident for reuse.
+    import platform
+    import subprocess
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    if opt_out is None:
+        monkeypatch.delenv("MIRNET_KEEP_FREED_MEMORY", raising=False)
+    else:
+        monkeypatch.setenv("MIRNET_KEEP_FREED_MEMORY", opt_out)
+    result = subprocess.run(
+        [sys.executable, "-c", _HELD_AFTER_FREE], capture_output=True, text=True, check=True
+    )
+    reported, held_mib = result.stdout.split()
+    assert reported == str(kept)
+    assert int(held_mib) >= 60 if kept else int(held_mib) < 8
+
+
+def test_the_command_keeps_freed_memory(monkeypatch, tmp_path, capsys):
+    calls = []
+    monkeypatch.setattr("mirnet.device.keep_freed_memory", lambda: calls.append(1) or True)
+    assert main(["enhance", str(tmp_path / "missing.png"), "-o", str(tmp_path / "out")]) == 1
+    assert calls == [1] and "missing.png" in capsys.readouterr().err

@@ -76,6 +76,28 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(paired_dataset, tmp_p
     assert (tmp_path / "a" / "log.csv").read_text() != ""
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")  # no training here
+def test_a_finished_cosine_given_more_epochs_resumes_on_the_longer_cosine(paired_dataset, tmp_path):
+    # CosineAnnealingLR steps recursively from the previous rate, so a schedule at its minimum
+    # would stay there; extending a finished run must continue as if planned longer from the start.
+    cosine = {"scheduler": "cosine", "min_lr": 1e-5}
+    planned = Trainer(_config(epochs=3, **cosine), paired_dataset, tmp_path / "planned", progress=False)
+    extended = tmp_path / "extended"
+    train(_config(epochs=1, **cosine), paired_dataset, extended, progress=False)
+    finished = torch.load(extended / "last.pt", weights_only=True)["optimizer"]["param_groups"][0]["lr"]
+    assert finished == pytest.approx(1e-5)
+    resumed = Trainer(_config(epochs=3, **cosine), paired_dataset, extended, resume=True, progress=False)
+    planned.scheduler.step()  # the 3-epoch plan after its first epoch
+    for trainer in (planned, resumed):
+        assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.75)
+    for _ in range(2):
+        planned.scheduler.step()
+        resumed.scheduler.step()
+        rates = [trainer.optimizer.param_groups[0]["lr"] for trainer in (planned, resumed)]
+        assert rates[1] == pytest.approx(rates[0])
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(1e-5)
+
+
 def test_refuses_to_overwrite_a_run_without_resume(paired_dataset, tmp_path):
     train(_config(max_steps=1), paired_dataset, tmp_path / "run", progress=False)
     with pytest.raises(FileExistsError, match="--resume"):

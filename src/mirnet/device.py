@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
+import sys
+
 import torch
 
 
@@ -40,3 +44,36 @@ def supports_bf16(device: str | torch.device | None = None) -> bool:
         return torch.cuda.is_bf16_supported()
     # Without native bf16 instructions, oneDNN emulates it and bf16 is slower than fp32.
     return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+
+
+def keep_freed_memory() -> bool:
+    """Have the C library keep the memory PyTorch frees for its next tensors, rather than
+    give it back to the system (glibc only; the command line does this for every command).
+
+    With glibc's defaults, a tensor above a few hundred KiB gets fresh pages from the system
+    and hands them back when freed, so each of the model's many full-resolution intermediate
+    tensors pays for its pages to be zeroed and mapped again. On this project's 2-core CPU
+    that was about a quarter of ``tiny``'s time per 600x400 photo and nearly half at 1080p
+    (``benchmarks/speed.py``: the plain-fp32 row keeps the defaults). The same as starting
+    the process with ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647``. The price: the
+    process holds on to its peak memory until it exits. Set ``MIRNET_KEEP_FREED_MEMORY=0``
+    to keep the defaults.
+
+    Returns whether the settings took effect (False off glibc, or when opted out).
+    """
+    if os.environ.get("MIRNET_KEEP_FREED_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018 - present in glibc only; musl's mallopt does nothing
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # Never map big blocks separately, and never trim the heap: freed blocks stay for reuse.
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))

@@ -92,6 +92,23 @@ class _StopRequested:
             signal.signal(sig, handler)
 
 
+def _replan_cosine(scheduler: torch.optim.lr_scheduler.CosineAnnealingLR, epochs: int) -> None:
+    """Give a resumed cosine schedule ``epochs`` in all, as if it had been planned that way.
+
+    PyTorch steps the cosine recursively from the previous rate, so changing ``T_max`` alone
+    would leave a finished schedule at its minimum. When the plan changes, the rate is set to
+    the closed form at the current epoch, from which the recursion follows the new cosine; an
+    unchanged plan is left alone, so a plain resume stays bit-exact.
+    """
+    if scheduler.T_max == epochs:
+        return
+    scheduler.T_max = epochs
+    cosine = (1 + math.cos(math.pi * min(scheduler.last_epoch, epochs) / epochs)) / 2
+    for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = scheduler.eta_min + (base_lr - scheduler.eta_min) * cosine
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+
+
 def _scheduler(optimizer: torch.optim.Optimizer, config: ExperimentConfig):
     cfg = config.train
     if cfg.scheduler == "cosine":
@@ -285,7 +302,7 @@ class Trainer:
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         if isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
-            self.scheduler.T_max = self.config.train.epochs  # a resumed run may be given more or fewer epochs
+            _replan_cosine(self.scheduler, self.config.train.epochs)
         if self.scaler and checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
         self.position = {"epoch_loss_sum": 0.0, **checkpoint["position"]}
