@@ -92,12 +92,11 @@ def child(
     from mirnet.inference import Enhancer
     from mirnet.io import read_image
 
-    model, info = _load(model_name)
     runner, precision = path.split("-") if "-" in path else (path, "auto" if path == "default" else "fp32")
-    if runner != "plain":
-        # What the mirnet command does for every path it runs; plain PyTorch keeps glibc's
-        # defaults (mirnet.device.keep_freed_memory).
-        keep_freed_memory()
+    # What the mirnet command does first, for every path it runs; plain PyTorch keeps glibc's
+    # defaults (mirnet.device.keep_freed_memory).
+    kept = runner != "plain" and keep_freed_memory()
+    model, info = _load(model_name)
     began = time.perf_counter()
     if runner == "aoti":
         from mirnet.export import cached_aoti, export_aoti
@@ -143,11 +142,25 @@ def child(
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        peak = peak_resident_mib()
     result = {"warmup_s": warmup, "seconds": float(np.median(times)), "times": times, "peak_mib": peak}
+    result["memory_kept"] = kept
     result["precision"] = enhancer.precision if enhancer.backend == "torch" else "fp32"
     result["package"] = enhancer.package is not None
     print(json.dumps(result))
+
+
+def peak_resident_mib() -> float:
+    """This process's peak resident memory. On Linux from /proc (VmHWM): ``ru_maxrss`` would
+    start from the parent's peak at the moment it started this child."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
 
 
 def run_child(model: str, path: str, image: Path, repeats: int, device: str, tile: int, out: Path) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import traceback
 import warnings
@@ -61,8 +62,9 @@ def _package_tip(args: argparse.Namespace, enhancer, count: int) -> None:
     """Tell a user running a long folder eagerly that a compiled package would be faster."""
     if args.compile is not None or enhancer.backend != "torch" or enhancer.compiled or enhancer.package:
         return  # compiled already, or eager on purpose (--no-compile), or not PyTorch
-    source = f" --weights {args.weights}" if args.weights else f" --model {args.model}" if args.model else ""
-    options = f"{source} --precision {enhancer.precision} --device {enhancer.device.type}"
+    source = f" --weights {shlex.quote(args.weights)}" if args.weights else ""
+    source = source or (f" --model {args.model}" if args.model else "")
+    options = f"{source} --precision {enhancer.precision} --device {enhancer.device}"
     command = f"mirnet export --format aoti{options}"
     print(
         f"mirnet enhance: tip: for {count} inputs, `{command}` compiles the model for this machine once "
@@ -103,6 +105,7 @@ def _enhance(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"enhanced 0 images{f'; {skipped} already done' if skipped else ''}", file=sys.stderr)
         return 1 if failures or not skipped else 0
+    inputs_to_do = len(plan)  # by all processes together
     plan = plan[rank::world_size]
     if not plan:  # more processes than files
         return 0
@@ -119,8 +122,8 @@ def _enhance(args: argparse.Namespace) -> int:
         fast=args.fast,
     )
 
-    if rank == 0 and not args.quiet and len(plan) >= PACKAGE_TIP_PHOTOS:
-        _package_tip(args, enhancer, len(plan))
+    if rank == 0 and not args.quiet and inputs_to_do >= PACKAGE_TIP_PHOTOS:
+        _package_tip(args, enhancer, inputs_to_do)
 
     def show(outcome) -> None:
         if outcome.error:
