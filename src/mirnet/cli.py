@@ -62,10 +62,10 @@ def _package_tip(args: argparse.Namespace, enhancer, count: int) -> None:
     """Tell a user running a long folder eagerly that a compiled package would be faster."""
     if args.compile is not None or enhancer.backend != "torch" or enhancer.compiled or enhancer.package:
         return  # compiled already, or eager on purpose (--no-compile), or not PyTorch
-    source = f" --weights {shlex.quote(args.weights)}" if args.weights else ""
-    source = source or (f" --model {args.model}" if args.model else "")
-    options = f"{source} --precision {enhancer.precision} --device {enhancer.device}"
-    command = f"mirnet export --format aoti{options}"
+    command = "mirnet export --format aoti"
+    if args.weights or args.model:
+        command += f" --weights {shlex.quote(args.weights)}" if args.weights else f" --model {args.model}"
+    command += f" --precision {enhancer.precision} --device {enhancer.device}"
     print(
         f"mirnet enhance: tip: for {count} inputs, `{command}` compiles the model for this machine once "
         "(a few minutes), and every later run uses it: faster than the eager model (README, Speed)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 
@@ -51,6 +52,20 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 
 
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc, whose malloc the two functions below tune; else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018 - present in glibc only; musl's mallopt does nothing
+    except (OSError, AttributeError):
+        return None
+    libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return libc
+
+
 def keep_freed_memory() -> bool:
     """Have the C library keep the memory PyTorch frees for its next tensors, rather than
     give it back to the system (glibc only; the command line does this for every command).
@@ -63,19 +78,21 @@ def keep_freed_memory() -> bool:
     and 2.4x faster at 1920x1080 (``benchmarks/speed.py``: its plain-fp32 row keeps the
     defaults, its kept-fp32 row does not). The same as starting the process with
     ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647``. The price: the process holds on
-    to its peak memory until it exits (an explicit ``malloc_trim`` still returns it). Set
+    to its peak memory until it exits, or until :func:`return_freed_memory`. Set
     ``MIRNET_KEEP_FREED_MEMORY=0`` to keep the defaults.
 
     Returns whether the settings took effect (False off glibc, or when opted out).
     """
-    if os.environ.get("MIRNET_KEEP_FREED_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
+    libc = _glibc()
+    if os.environ.get("MIRNET_KEEP_FREED_MEMORY", "1") == "0" or libc is None:
         return False
-    try:
-        libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # noqa: B018 - present in glibc only; musl's mallopt does nothing
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # Never map big blocks separately, and never trim the heap: freed blocks stay for reuse.
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def return_freed_memory() -> None:
+    """Hand the memory freed so far back to the system (glibc's ``malloc_trim``); a no-op
+    where there is no glibc."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)

@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import ctypes
 import io
 import math
 import re
@@ -44,7 +43,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 import mirnet
-from mirnet.device import OptionError
+from mirnet.device import OptionError, return_freed_memory
 from mirnet.inference import PRECISIONS, Enhancer, load_model
 from mirnet.io import ImageReadError, read_image, to_uint
 from mirnet.options import integer, number
@@ -329,13 +328,6 @@ def result_filename(upload_name: str | None) -> str:
     return f"{stem or 'photo'}_enhanced.png"
 
 
-def _trim_heap() -> None:
-    """Hand freed memory back to the OS (glibc keeps it otherwise: after one 20-megapixel
-    photo the server would stay gigabytes large). A no-op where there is no glibc."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 def _enhance_bytes(
     registry: ModelRegistry, name: str, data: bytes, max_pixels: int, cancel: threading.Event
 ) -> bytes:
@@ -343,7 +335,9 @@ def _enhance_bytes(
     try:
         return encode_png(_enhance_upload(registry, name, data, max_pixels, cancel))
     finally:
-        _trim_heap()  # the photo's tensors are unreferenced by now
+        # The photo's tensors are unreferenced by now; without this, after one 20-megapixel
+        # photo the server would stay gigabytes large.
+        return_freed_memory()
 
 
 def _enhance_upload(
