@@ -2,7 +2,7 @@
 
     python benchmarks/speed.py                      # shipped models + paper, all paths, 600x400
     python benchmarks/speed.py --models tiny --paths plain-fp32 compile-bf16 --repeats 5
-    python benchmarks/speed.py --large 24           # also a 24-megapixel photo, tiled (default model)
+    python benchmarks/speed.py --large 12           # also a 12-megapixel photo (default model)
 
 Each (model, path) runs in a fresh child process, so its peak memory (max RSS on the CPU,
 max allocated on CUDA) is its own and a compilation cache of one path cannot help another.
@@ -15,6 +15,11 @@ runs as the ``mirnet`` command does, with freed memory kept for reuse
 achievable matrix-multiply rate is measured first, in the same process, in fp32 and bf16;
 each path is also reported as the share of that limit its photo's multiply-accumulates reach
 (MACs counted by PyTorch's FLOP counter). Prints a Markdown table and writes JSON.
+
+``--large MP`` adds a photo of MP megapixels with the default path twice: as ``mirnet
+enhance`` runs it (whole when half the available memory holds it, else in tiles; the row's
+``tile`` says which, 0 = whole) and in 512-pixel tiles, with the tiled output's PSNR against
+the whole photo's when the first ran whole.
 
 For the ``paper`` configuration, which ships no weights, a seeded random initialisation is
 timed: speed does not depend on the weights' values.
@@ -61,6 +66,9 @@ PATHS = [
     "onnxruntime",
 ]
 
+# The tile argument of a large photo's row that lets mirnet choose, as `mirnet enhance` does.
+AUTOMATIC = -1
+
 
 def _load(model_name: str):
     """An Enhancer-ready (model, info) for a bundled model, or a seeded untrained configuration."""
@@ -91,12 +99,14 @@ def child(
     from mirnet.device import keep_freed_memory
     from mirnet.inference import Enhancer
     from mirnet.io import read_image
+    from mirnet.tiling import DEFAULT_TILE
 
     runner, precision = path.split("-") if "-" in path else (path, "auto" if path == "default" else "fp32")
     # What the mirnet command does first, for every path it runs; plain PyTorch keeps glibc's
     # defaults (mirnet.device.keep_freed_memory).
     kept = runner != "plain" and keep_freed_memory()
     model, info = _load(model_name)
+    automatic = tile == AUTOMATIC
     began = time.perf_counter()
     if runner == "aoti":
         from mirnet.export import cached_aoti, export_aoti
@@ -109,7 +119,7 @@ def child(
         info,
         device=device,
         precision=precision,
-        tile=tile,
+        tile=None if automatic else tile,
         backend="onnxruntime" if runner == "onnxruntime" else "torch",
         # The default path finds a package that `mirnet export --format aoti` built (the aoti
         # rows build one); the others are pinned: eager, or compiled.
@@ -130,9 +140,11 @@ def child(
         once.result = result
         return time.perf_counter() - start
 
-    if tile:
+    if automatic:
+        tile = enhancer.tile_for(*image.shape[-2:])  # what `mirnet enhance` chooses here, now
+    if tile or automatic:
         # A large photo: warm up on one tile rather than pay a whole extra run.
-        enhancer.enhance_tensor(image[..., :tile, :tile])
+        enhancer.enhance_tensor(image[..., :DEFAULT_TILE, :DEFAULT_TILE])
         warmup = 0.0
     else:
         once()
@@ -147,6 +159,7 @@ def child(
     result["memory_kept"] = kept
     result["precision"] = enhancer.precision if enhancer.backend == "torch" else "fp32"
     result["package"] = enhancer.package is not None
+    result["tile_used"] = tile
     print(json.dumps(result))
 
 
@@ -265,6 +278,7 @@ def main() -> None:
         if args.large:
             large = make_large_photo(args.large, image, tmp)
             # The default path only: what `mirnet enhance` does with a large photo.
+            jobs.append((DEFAULT_MODEL, "default", large, AUTOMATIC))
             jobs.append((DEFAULT_MODEL, "default", large, DEFAULT_TILE))
         # The hardware limit, measured in this process, and each model's work per photo.
         limits = {
@@ -291,22 +305,30 @@ def main() -> None:
             expanded += [(model, "default", image, 0, "package built") for model in models]
         for model, path, photo, tile, run in expanded:
             out = tmp / f"{model}-{path}-{photo.stem}.npy"
-            repeats = args.repeats if tile == 0 else 1
+            repeats = args.repeats if photo == image else 1
             print(f"... {model} {path} {run} {photo.name}", file=sys.stderr, flush=True)
             result = run_child(model, path, photo, repeats, args.device, tile, out)
             row = {
                 "model": model,
                 "path": f"{path} ({run})" if run else path,
                 "image": photo.name,
-                "tile": tile,
+                "tile": "automatic" if tile == AUTOMATIC else tile,
             }
             row.update(result)
             if "error" not in result:
                 output = np.load(out)
                 key = (model, photo.name)
-                if path == BASELINE:
-                    references[key] = output
-                row["psnr_vs_fp32"] = psnr_db(output, references[key]) if key in references else None
+                if photo == image:
+                    if path == BASELINE:
+                        references[key] = output
+                    row["psnr_vs_fp32"] = psnr_db(output, references[key]) if key in references else None
+                else:
+                    used = "whole" if result["tile_used"] == 0 else f"{result['tile_used']}-pixel tiles"
+                    row["path"] = f"{path} ({'automatic: ' if tile == AUTOMATIC else ''}{used})"
+                    if tile == AUTOMATIC and result["tile_used"] == 0:
+                        references[key] = output  # the whole photo: what tiles are compared with
+                    elif key in references:
+                        row["psnr_vs_whole"] = psnr_db(output, references[key])
                 height, width = output.shape[-2:]
                 row["megapixels_per_s"] = height * width / 1e6 / result["seconds"]
                 base = next(
@@ -316,7 +338,7 @@ def main() -> None:
                 row["speedup"] = base["seconds"] / result["seconds"] if base and "seconds" in base else None
                 if path == BASELINE:
                     row["speedup"] = 1.0
-                if tile == 0:
+                if photo == image:
                     row["gmacs"] = gmacs[model]
                     # The share of the machine's matrix-multiply rate (in the path's precision)
                     # that the photo's MACs reach: how far the path is from the hardware.
@@ -365,12 +387,14 @@ def table(rows: list[dict], meta: dict) -> str:
                 f"| {r['model']} | {r['path']} | {r['image']} | failed: {r['error'][:60]} | | | | | | |"
             )
             continue
-        quality = "reference" if r["path"] == BASELINE else _number(r["psnr_vs_fp32"], ".1f")
+        quality = "reference" if r["path"] == BASELINE else _number(r.get("psnr_vs_fp32"), ".1f")
+        if "psnr_vs_whole" in r:
+            quality = f"{r['psnr_vs_whole']:.1f} vs whole"
         speedup = _number(r["speedup"], ".2f", "x")
         lines.append(
             f"| {r['model']} | {r['path']} | {r['image']} | {r['seconds']:.3f} "
             f"| {r['megapixels_per_s']:.2f} | {speedup} | {quality} "
-            f"| {_number(r.get('limit_fraction'), '.0%')} ({r.get('precision', '')}) "
+            f"| {_number(r.get('limit_fraction'), '.0%')} ({r['precision']}) "
             f"| {r['peak_mib']:.0f} | {r['warmup_s']:.1f} |"
         )
     return "\n".join(lines)

@@ -216,3 +216,120 @@ def test_the_command_keeps_freed_memory(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr("mirnet.device.keep_freed_memory", lambda: calls.append(1) or True)
     assert main(["enhance", str(tmp_path / "missing.png"), "-o", str(tmp_path / "out")]) == 1
     assert calls == [1] and "missing.png" in capsys.readouterr().err
+
+
+GIB = 2**30
+
+
+@pytest.mark.parametrize(
+    ("available", "processes", "size", "tile"),
+    [
+        (64 * GIB, "1", (3000, 4000), 0),  # a 12 MP photo, whole: ~10 GB estimated in bf16
+        (64 * GIB, "8", (3000, 4000), DEFAULT_TILE),  # eight torchrun processes share the memory
+        (100 * 2**20, "1", (400, 600), DEFAULT_TILE),  # 100 MiB free: even a small photo is tiled
+        (None, "1", (3000, 4000), DEFAULT_TILE),  # unknown memory: tiled above 4 MP
+        (None, "1", (400, 600), 0),
+    ],
+)
+def test_photos_are_tiled_only_when_the_whole_photo_would_not_fit_in_memory(
+    default_model, monkeypatch, available, processes, size, tile
+):
+    monkeypatch.setattr("mirnet.inference.available_memory", lambda device: available)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", processes)
+    enhancer = Enhancer(default_model.model, default_model.info, precision="bf16")
+    assert enhancer.tile_for(*size) == tile
+    # Asked-for tiles are kept whatever the memory.
+    assert Enhancer(default_model.model, default_model.info, tile=0).tile_for(*size) == 0
+
+
+def test_a_photo_too_large_for_the_memory_left_is_enhanced_in_tiles(default_model, monkeypatch):
+    photo = read_image(SAMPLES[0])[:, :200, :300]
+    whole = default_model.enhance_tensor(photo)
+    monkeypatch.setattr("mirnet.inference.available_memory", lambda device: 2**20)
+    tiles = []
+    original = mirnet.inference.enhance_tiled
+    monkeypatch.setattr(
+        "mirnet.inference.enhance_tiled", lambda *args, **kw: tiles.append(args[2]) or original(*args, **kw)
+    )
+    monkeypatch.setattr("mirnet.tiling.DEFAULT_TILE", 160)
+    tiled = default_model.enhance_tensor(photo)
+    assert tiles == [160] and psnr(tiled, whole) >= 35.0
+
+
+_PEAK_OF_A_WHOLE_PHOTO = """
+import sys, torch, mirnet
+from mirnet.device import keep_freed_memory
+from mirnet.tiling import whole_photo_bytes
+keep_freed_memory()  # as the mirnet command runs
+def peak():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+enhancer = mirnet.load_model(precision=sys.argv[1], tile=0)
+enhancer.enhance_tensor(torch.rand(3, 64, 64))
+before = peak()
+enhancer.enhance_tensor(torch.rand(3, 750, 1000))
+print(peak() - before, whole_photo_bytes(16, 750, 1000, enhancer.precision))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak memory from /proc")
+@pytest.mark.parametrize("precision", ["fp32", "auto"])
+def test_the_whole_photo_memory_estimate_stays_above_the_measured_peak(precision):
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-c", _PEAK_OF_A_WHOLE_PHOTO, precision], capture_output=True, text=True, check=True
+    )
+    measured, estimated = map(int, result.stdout.split())
+    assert 0 < measured <= estimated, (measured, estimated)
+    assert estimated < 2 * measured, "the estimate is so high that photos are tiled for nothing"
+
+
+def test_available_memory_is_capped_by_a_container_limit(tmp_path, monkeypatch):
+    from mirnet import device
+
+    on_this_machine = device.available_memory("cpu")
+    assert on_this_machine is None or on_this_machine > 0
+    (tmp_path / "memory.max").write_text(f"{GIB}\n")
+    (tmp_path / "memory.current").write_text(f"{GIB // 4}\n")
+    monkeypatch.setattr(device, "CGROUP_ROOT", str(tmp_path))
+    monkeypatch.setattr(device, "_heap_free_bytes", lambda: 0)
+    assert device.available_memory("cpu") <= 3 * GIB // 4
+    (tmp_path / "memory.max").write_text("max\n")  # no limit
+    if on_this_machine is not None and on_this_machine > 2 * GIB:
+        assert device.available_memory("cpu") > GIB
+
+
+def _failing_whole_photos(enhancer: Enhancer, size: tuple[int, int], error: Exception) -> Enhancer:
+    """The enhancer, made to raise ``error`` on whole photos of ``size`` (not on tiles)."""
+    forward = enhancer._forward
+
+    def forward_or_fail(batch, run=None):
+        if tuple(batch.shape[-2:]) == size:
+            raise error
+        return forward(batch, run)
+
+    enhancer._forward = forward_or_fail
+    return enhancer
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory"),
+        RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9000000000 bytes"),
+    ],
+)
+def test_a_whole_photo_that_runs_out_of_memory_is_enhanced_again_in_tiles(default_model, monkeypatch, error):
+    photo = read_image(SAMPLES[0])[:, :200, :300]
+    whole = default_model.enhance_tensor(photo)
+    monkeypatch.setattr("mirnet.inference.DEFAULT_TILE", 160)
+    model, info, size = default_model.model, default_model.info, (200, 300)
+    chosen = _failing_whole_photos(Enhancer(model, info), size, error)
+    assert psnr(chosen.enhance_tensor(photo), whole) >= 35.0
+    # Whole photos asked for (--tile 0) stay whole; other errors are not memory's.
+    with pytest.raises(type(error)):
+        _failing_whole_photos(Enhancer(model, info, tile=0), size, error).enhance_tensor(photo)
+    other = _failing_whole_photos(Enhancer(model, info), size, RuntimeError("shape mismatch"))
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        other.enhance_tensor(photo)

@@ -95,3 +95,79 @@ def return_freed_memory() -> None:
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+class _MallInfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (malloc.h, glibc 2.33+)."""
+
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            *("arena", "ordblks", "smblks", "hblks", "hblkhd"),
+            *("usmblks", "fsmblks", "uordblks", "fordblks", "keepcost"),
+        )
+    ]
+
+
+def _heap_free_bytes() -> int:
+    """Bytes this process's heap holds freed, ready for its next tensors (0 without glibc 2.33+).
+
+    :func:`keep_freed_memory` keeps a photo's peak after the photo is done; that memory is no
+    longer the system's available memory, but it is this process's to reuse.
+    """
+    libc = _glibc()
+    mallinfo2 = getattr(libc, "mallinfo2", None) if libc is not None else None
+    if mallinfo2 is None:
+        return 0
+    mallinfo2.restype = _MallInfo2
+    return int(mallinfo2().fordblks)
+
+
+# cgroup v2's files for the memory limit of the container this process runs in, if any.
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def _cgroup_headroom() -> int | None:
+    """Bytes left under this process's cgroup v2 memory limit, None when there is no limit."""
+    try:
+        with open(os.path.join(CGROUP_ROOT, "memory.max")) as limit_file:
+            limit = limit_file.read().strip()
+        if limit == "max":
+            return None
+        with open(os.path.join(CGROUP_ROOT, "memory.current")) as current_file:
+            return max(0, int(limit) - int(current_file.read()))
+    except (OSError, ValueError):
+        return None
+
+
+def available_memory(device: str | torch.device | None = None) -> int | None:
+    """Bytes a new computation on ``device`` can use now, or None where this cannot be told.
+
+    CUDA: the GPU's free memory plus what PyTorch's allocator holds unused. CPU: the system's
+    available memory (``MemAvailable`` on Linux, else the free pages), capped by a container's
+    cgroup v2 limit, plus what this process's heap holds freed (:func:`keep_freed_memory`).
+    """
+    device = pick_device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    if device.type != "cpu":
+        return None
+    system = None
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    system = int(line.split()[1]) * 1024  # kB
+                    break
+    except (OSError, ValueError):
+        pass
+    if system is None:
+        try:
+            system = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, OSError, ValueError):
+            return None
+    headroom = _cgroup_headroom()
+    if headroom is not None:
+        system = min(system, headroom)
+    return system + _heap_free_bytes()

@@ -18,14 +18,14 @@ import torch
 from PIL import Image
 
 from mirnet.archs import MIRNet
-from mirnet.device import OptionError, pick_device, supports_bf16
+from mirnet.device import OptionError, available_memory, pick_device, supports_bf16
 from mirnet.export import AotiModel, cached_aoti
 from mirnet.io import array_to_tensor, tensor_to_array
 from mirnet.tiling import (
-    AUTO_TILE_PIXELS,
     DEFAULT_OVERLAP,
     DEFAULT_TILE,
     GlobalContext,
+    automatic_tile,
     check_tile,
     enhance_tiled,
 )
@@ -39,6 +39,11 @@ if TYPE_CHECKING:
 ImageLike = TypeVar("ImageLike", Image.Image, np.ndarray, torch.Tensor)
 
 
+def _out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an allocation failure (CUDA's own error, or the CPU allocator's)."""
+    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err)
+
+
 class Enhancer:
     """A trained model ready to enhance photos.
 
@@ -49,8 +54,9 @@ class Enhancer:
         precision: ``"auto"`` (bf16 where the CPU or GPU has it natively, else fp32),
             ``"fp32"`` (the reference) or ``"bf16"`` (autocast; faster on CPUs with
             AVX-512 bf16 and on GPUs).
-        tile: tile size for large photos; ``None`` tiles automatically above
-            :data:`mirnet.tiling.AUTO_TILE_PIXELS`, ``0`` never tiles.
+        tile: tile size for large photos; ``None`` tiles automatically (:meth:`tile_for`):
+            photos whose whole-photo estimate does not fit in the
+            available memory, or that run out of memory whole; ``0`` never tiles.
         overlap: overlap between tiles, in pixels.
         backend: ``"torch"``, or ``"onnxruntime"`` to run an ONNX export of the model
             (CPU, fp32; the export is cached, see :func:`mirnet.export.cached_onnx`).
@@ -147,11 +153,26 @@ class Enhancer:
             out = (run or self._run)(batch)
         return out.float().clamp(0.0, 1.0).contiguous()
 
-    def tile_for(self, height: int, width: int) -> int:
-        """The tile size used for a photo of this size (0 = whole photo at once)."""
+    def tile_for(self, height: int, width: int, images: int = 1) -> int:
+        """The tile size used for ``images`` photos of this size at once (0 = whole photos).
+
+        Without a ``tile`` option, a photo is tiled only when its whole-photo estimate does not
+        fit in the memory available now (:func:`mirnet.tiling.automatic_tile`); on the CPU the
+        processes of a ``torchrun`` job on this machine each count on their share of it.
+        """
         if self.tile is not None:
             return self.tile if self.tile and max(height, width) > self.tile else 0
-        return DEFAULT_TILE if height * width > AUTO_TILE_PIXELS else 0
+        available = available_memory(self.device)
+        if available is not None and self.device.type == "cpu":
+            available //= max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        return automatic_tile(self._features(), height, width, self.precision, available, images)
+
+    def _features(self) -> int:
+        """The model's first-layer channels, which its activations' memory scales with."""
+        if self.model is not None:
+            return self.model.conv_in.out_channels
+        # A bare ONNX file: the paper's width, the largest configuration.
+        return int(self.info.get("arch", {}).get("features", 64))
 
     @torch.inference_mode()
     def enhance_tensor(
@@ -163,11 +184,20 @@ class Enhancer:
         if batch.dim() != 4 or batch.shape[1] != 3:
             raise ValueError(f"expected a (3, H, W) or (N, 3, H, W) tensor, got {tuple(image.shape)}")
         batch = batch.float()
-        tile = self.tile_for(*batch.shape[-2:])
-        if tile:
-            out = torch.cat([self._enhance_tiled(b[None], tile, progress) for b in batch])
-        else:
-            out = self._forward(batch).cpu()
+        tile = self.tile_for(*batch.shape[-2:], images=len(batch))
+        if not tile:
+            try:
+                out = self._forward(batch).cpu()
+                return out[0] if single else out
+            except (torch.OutOfMemoryError, RuntimeError) as err:
+                # The estimate was wrong for this device, or memory went to something else:
+                # tiles need a fraction of it. Only when mirnet chose; --tile 0 means whole.
+                if self.tile is not None or not _out_of_memory(err):
+                    raise
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                tile = DEFAULT_TILE
+        out = torch.cat([self._enhance_tiled(b[None], tile, progress) for b in batch])
         return out[0] if single else out
 
     def _enhance_tiled(self, image: torch.Tensor, tile: int, progress) -> torch.Tensor:

@@ -15,13 +15,47 @@ from torch import nn
 from mirnet.archs.mirnet_arch import GlobalAveragePool
 from mirnet.device import OptionError
 
-# Photos above this many pixels are tiled automatically (the default model's peak memory
-# grows ~linearly with pixels; see benchmarks/speed.py).
+# Where the available memory cannot be told, photos above this many pixels are tiled.
 AUTO_TILE_PIXELS = 4_000_000
-# Measured on a 2-core AVX-512 CPU with the tiny model: 0.27 MP/s on 512x512, 0.16 on 768x768 and
-# 0.11 on 1024x1024 (activations outgrow the caches), so small tiles win despite their overlap.
+# A whole-photo forward pass's peak memory, in bytes per pixel per feature channel of the
+# model's first layer, and per pixel for the photo itself (decoded, as float input and output).
+# Above every peak measured by benchmarks/memory.py (tiny, small and paper, fp32 and bf16, 0.25
+# and 1 MP: 1.07-1.43x the measured peak), so that a photo enhanced whole fits; checked by
+# tests/test_inference.py on a 0.75 MP photo.
+BYTES_PER_PIXEL_AND_FEATURE = {"fp32": 80, "bf16": 48}
+PHOTO_BYTES_PER_PIXEL = 64
+# The share of the available memory a whole photo's estimate may take before the photo is tiled
+# instead; with the estimate's own margin, a whole photo uses at most about 60% of it.
+MEMORY_SHARE = 0.75
+# Tiles are for photos that do not fit whole; 512-pixel tiles keep the peak low (827 MiB for a
+# 12 MP photo with tiny in bf16, against 7211 whole: benchmarks/speed.py --large 12).
 DEFAULT_TILE = 512
 DEFAULT_OVERLAP = 64
+
+
+def whole_photo_bytes(features: int, height: int, width: int, precision: str, images: int = 1) -> int:
+    """An upper estimate of the memory that enhancing ``images`` photos of ``height`` x ``width``
+    at once takes, for a model whose first layer has ``features`` channels (fp32 or bf16)."""
+    per_pixel = features * BYTES_PER_PIXEL_AND_FEATURE.get(precision, BYTES_PER_PIXEL_AND_FEATURE["fp32"])
+    return images * height * width * (per_pixel + PHOTO_BYTES_PER_PIXEL)
+
+
+def automatic_tile(
+    features: int, height: int, width: int, precision: str, available: int | None, images: int = 1
+) -> int:
+    """The tile size for a photo when none is asked for: 0 (the whole photo at once) when the
+    estimate of :func:`whole_photo_bytes` fits in :data:`MEMORY_SHARE` of the ``available``
+    bytes, else :data:`DEFAULT_TILE`. Where ``available`` is unknown (None), photos above
+    :data:`AUTO_TILE_PIXELS` are tiled.
+
+    A whole photo is both faster and exact: tiles are run twice (see :class:`GlobalContext`)
+    and overlap. A 12 MP photo with tiny in bf16 on the 2-core CPU took 24 s whole (7.0 GiB)
+    against 59 s in 512-pixel tiles (``benchmarks/speed.py --large 12``).
+    """
+    if available is None:
+        return DEFAULT_TILE if height * width > AUTO_TILE_PIXELS else 0
+    fits = whole_photo_bytes(features, height, width, precision, images) <= MEMORY_SHARE * available
+    return 0 if fits else DEFAULT_TILE
 
 
 def check_tile(tile: int, overlap: int) -> None:

@@ -271,6 +271,9 @@ class FrameEnhancer:
         self._hooked = False
         self._eager: nn.Module | None = None
         self._run: Any = None
+        # Tiled or whole, chosen on the first batch and kept for the video: the temporal
+        # state lives in one place or the other.
+        self._tile: int | None = None
 
     def __enter__(self) -> FrameEnhancer:
         return self
@@ -316,7 +319,9 @@ class FrameEnhancer:
             padded, count = self._pad(frames)
             return self.enhancer.enhance_tensor(padded)[:count]
         enhancer = self.enhancer
-        tile = enhancer.tile_for(*frames.shape[-2:])
+        if self._tile is None:
+            self._tile = enhancer.tile_for(*frames.shape[-2:], images=len(frames))
+        tile = self._tile
         if tile:
             # Frames this large go through the tiles one at a time, on the eager model
             # without temporal hooks, the blending done between the two tile passes.
