@@ -17,8 +17,8 @@ each path is also reported as the share of that limit its photo's multiply-accum
 (MACs counted by PyTorch's FLOP counter). Prints a Markdown table and writes JSON.
 
 ``--large MP`` adds a photo of MP megapixels with the default path twice: as ``mirnet
-enhance`` runs it (whole when half the available memory holds it, else in tiles; the row's
-``tile`` says which, 0 = whole) and in 512-pixel tiles, with the tiled output's PSNR against
+enhance`` runs it (whole when it fits in the available memory, else in tiles; the row says
+which ran) and in 512-pixel tiles, with the tiled output's PSNR against
 the whole photo's when the first ran whole.
 
 For the ``paper`` configuration, which ships no weights, a seeded random initialisation is
@@ -159,7 +159,7 @@ def child(
     result["memory_kept"] = kept
     result["precision"] = enhancer.precision if enhancer.backend == "torch" else "fp32"
     result["package"] = enhancer.package is not None
-    result["tile_used"] = tile
+    result["tile_used"] = enhancer.last_tile  # what ran: a whole photo out of memory is tiled
     print(json.dumps(result))
 
 

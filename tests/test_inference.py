@@ -234,7 +234,10 @@ GIB = 2**30
 def test_photos_are_tiled_only_when_the_whole_photo_would_not_fit_in_memory(
     default_model, monkeypatch, available, processes, size, tile
 ):
-    monkeypatch.setattr("mirnet.inference.available_memory", lambda device: available)
+    monkeypatch.setattr(
+        "mirnet.inference.available_memory",
+        lambda device, processes=1: None if available is None else available // processes,
+    )
     monkeypatch.setenv("LOCAL_WORLD_SIZE", processes)
     enhancer = Enhancer(default_model.model, default_model.info, precision="bf16")
     assert enhancer.tile_for(*size) == tile
@@ -245,7 +248,7 @@ def test_photos_are_tiled_only_when_the_whole_photo_would_not_fit_in_memory(
 def test_a_photo_too_large_for_the_memory_left_is_enhanced_in_tiles(default_model, monkeypatch):
     photo = read_image(SAMPLES[0])[:, :200, :300]
     whole = default_model.enhance_tensor(photo)
-    monkeypatch.setattr("mirnet.inference.available_memory", lambda device: 2**20)
+    monkeypatch.setattr("mirnet.inference.available_memory", lambda device, processes=1: 2**20)
     tiles = []
     original = mirnet.inference.enhance_tiled
     monkeypatch.setattr(
@@ -285,19 +288,64 @@ def test_the_whole_photo_memory_estimate_stays_above_the_measured_peak(precision
     assert estimated < 2 * measured, "the estimate is so high that photos are tiled for nothing"
 
 
-def test_available_memory_is_capped_by_a_container_limit(tmp_path, monkeypatch):
+def test_available_memory_is_capped_by_the_tightest_cgroup_limit(tmp_path, monkeypatch):
     from mirnet import device
 
     on_this_machine = device.available_memory("cpu")
     assert on_this_machine is None or on_this_machine > 0
-    (tmp_path / "memory.max").write_text(f"{GIB}\n")
-    (tmp_path / "memory.current").write_text(f"{GIB // 4}\n")
-    monkeypatch.setattr(device, "CGROUP_ROOT", str(tmp_path))
     monkeypatch.setattr(device, "_heap_free_bytes", lambda: 0)
-    assert device.available_memory("cpu") <= 3 * GIB // 4
-    (tmp_path / "memory.max").write_text("max\n")  # no limit
+    monkeypatch.setattr(device, "CGROUP_ROOT", str(tmp_path))
+    monkeypatch.setattr(device, "PROC_CGROUP", str(tmp_path / "self-cgroup"))
+
+    def limit(folder, files, limit, usage, inactive):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / files[0]).write_text(f"{limit}\n")
+        (folder / files[1]).write_text(f"{usage}\n")
+        (folder / "memory.stat").write_text(f"anon 1\n{files[2]} {inactive}\n")
+
+    v2 = ("memory.max", "memory.current", "inactive_file")
+    (tmp_path / "self-cgroup").write_text("0::/jobs/photos\n")
+    # 1 GiB limit, 3/4 used of which 1/4 is reclaimable file cache: 1/2 left.
+    limit(tmp_path / "jobs" / "photos", v2, GIB, 3 * GIB // 4, GIB // 4)
+    assert device.available_memory("cpu") <= GIB // 2
+    limit(tmp_path / "jobs", v2, GIB // 4, 0, 0)  # a parent's tighter limit counts
+    assert device.available_memory("cpu") <= GIB // 4
+    limit(tmp_path / "jobs", v2, "max", 0, 0)
+    assert device.available_memory("cpu", processes=2) <= GIB // 4  # shared by two processes
+
+    v1 = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+    (tmp_path / "self-cgroup").write_text("4:memory:/job\n1:cpu:/job\n")
+    limit(tmp_path / "memory" / "job", v1, GIB, GIB // 2, 0)
+    assert device.available_memory("cpu") <= GIB // 2
+    limit(tmp_path / "memory" / "job", v1, 2**63 - 4096, GIB // 2, 0)  # v1's "no limit"
     if on_this_machine is not None and on_this_machine > 2 * GIB:
         assert device.available_memory("cpu") > GIB
+
+
+_HEAP_FREE_AFTER_TRIM = """
+import torch
+from mirnet.device import _heap_free_bytes, keep_freed_memory, return_freed_memory
+keep_freed_memory()
+block = torch.ones(256 * 2**20 // 4)  # 256 MiB, every page touched
+del block
+kept = _heap_free_bytes()
+return_freed_memory()  # the pages go back to the system, though glibc still counts them free
+print(kept // 2**20, _heap_free_bytes() // 2**20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and glibc's mallinfo2")
+def test_freed_memory_counts_as_available_only_while_the_process_holds_it():
+    import platform
+    import subprocess
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallinfo2 is glibc's")
+    result = subprocess.run(
+        [sys.executable, "-c", _HEAP_FREE_AFTER_TRIM], capture_output=True, text=True, check=True
+    )
+    kept_mib, after_trim_mib = map(int, result.stdout.split())
+    assert kept_mib >= 250 and after_trim_mib < 200, (kept_mib, after_trim_mib)
 
 
 def _failing_whole_photos(enhancer: Enhancer, size: tuple[int, int], error: Exception) -> Enhancer:

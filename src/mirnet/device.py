@@ -109,43 +109,108 @@ class _MallInfo2(ctypes.Structure):
     ]
 
 
+def _status_bytes(field: str) -> int | None:
+    """A memory figure of this process from /proc/self/status (Linux), in bytes."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def _heap_free_bytes() -> int:
-    """Bytes this process's heap holds freed, ready for its next tensors (0 without glibc 2.33+).
+    """Bytes this process's heap holds freed and resident, ready for its next tensors (0
+    without glibc 2.33+).
 
     :func:`keep_freed_memory` keeps a photo's peak after the photo is done; that memory is no
-    longer the system's available memory, but it is this process's to reuse.
+    longer the system's available memory, but it is this process's to reuse. glibc counts
+    freed blocks whose pages went back to the system (:func:`return_freed_memory`) as free
+    too, so the count is capped by the resident anonymous memory not in use by malloc.
     """
     libc = _glibc()
     mallinfo2 = getattr(libc, "mallinfo2", None) if libc is not None else None
-    if mallinfo2 is None:
+    resident = _status_bytes("RssAnon")
+    if mallinfo2 is None or resident is None:
         return 0
     mallinfo2.restype = _MallInfo2
-    return int(mallinfo2().fordblks)
+    info = mallinfo2()
+    return int(max(0, min(info.fordblks, resident - info.uordblks - info.hblkhd)))
 
 
-# cgroup v2's files for the memory limit of the container this process runs in, if any.
+# Where the cgroup file systems are mounted, and this process's cgroups (both for tests).
 CGROUP_ROOT = "/sys/fs/cgroup"
+PROC_CGROUP = "/proc/self/cgroup"
+# cgroup v2 and v1 memory files: the limit, the usage, the reclaimable file cache in memory.stat.
+_CGROUP_FILES = {
+    "v2": ("memory.max", "memory.current", "inactive_file"),
+    "v1": ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),
+}
+
+
+def _cgroup_level_headroom(folder: str, version: str) -> int | None:
+    """Bytes left under one cgroup's memory limit (its reclaimable file cache counted as
+    free), None when it has no limit or no such files."""
+    limit_name, usage_name, inactive_key = _CGROUP_FILES[version]
+    try:
+        with open(os.path.join(folder, limit_name)) as limit_file:
+            limit = limit_file.read().strip()
+        if limit == "max" or int(limit) >= 2**60:  # v1 writes "no limit" as a huge number
+            return None
+        with open(os.path.join(folder, usage_name)) as usage_file:
+            usage = int(usage_file.read())
+    except (OSError, ValueError):
+        return None
+    inactive = 0
+    try:
+        with open(os.path.join(folder, "memory.stat")) as stat:
+            for line in stat:
+                key, _, value = line.partition(" ")
+                if key == inactive_key:
+                    inactive = int(value)
+    except (OSError, ValueError):
+        pass
+    return max(0, int(limit) - usage + inactive)
 
 
 def _cgroup_headroom() -> int | None:
-    """Bytes left under this process's cgroup v2 memory limit, None when there is no limit."""
+    """Bytes left under the tightest memory limit of this process's cgroup and its parents
+    (cgroup v2, or v1's memory controller), None when none is limited."""
     try:
-        with open(os.path.join(CGROUP_ROOT, "memory.max")) as limit_file:
-            limit = limit_file.read().strip()
-        if limit == "max":
-            return None
-        with open(os.path.join(CGROUP_ROOT, "memory.current")) as current_file:
-            return max(0, int(limit) - int(current_file.read()))
-    except (OSError, ValueError):
+        with open(PROC_CGROUP) as cgroups:
+            lines = cgroups.read().splitlines()
+    except OSError:
         return None
+    headrooms = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2) if line.count(":") >= 2 else ("", "-", "")
+        if controllers == "":
+            version, base = "v2", CGROUP_ROOT
+        elif "memory" in controllers.split(","):
+            version, base = "v1", os.path.join(CGROUP_ROOT, "memory")
+        else:
+            continue
+        # Every level from the process's own cgroup up to the mount's root (inside a container
+        # the mount's root may be the process's cgroup itself).
+        while True:
+            headroom = _cgroup_level_headroom(os.path.join(base, path.lstrip("/")), version)
+            if headroom is not None:
+                headrooms.append(headroom)
+            if path in ("", "/"):
+                break
+            path = os.path.dirname(path)
+    return min(headrooms) if headrooms else None
 
 
-def available_memory(device: str | torch.device | None = None) -> int | None:
+def available_memory(device: str | torch.device | None = None, processes: int = 1) -> int | None:
     """Bytes a new computation on ``device`` can use now, or None where this cannot be told.
 
     CUDA: the GPU's free memory plus what PyTorch's allocator holds unused. CPU: the system's
-    available memory (``MemAvailable`` on Linux, else the free pages), capped by a container's
-    cgroup v2 limit, plus what this process's heap holds freed (:func:`keep_freed_memory`).
+    available memory (``MemAvailable`` on Linux, else the free pages), capped by the memory
+    limits of this process's cgroups, shared among ``processes`` (those of a ``torchrun`` job
+    on this machine), plus what this process's heap holds freed (:func:`keep_freed_memory`).
     """
     device = pick_device(device)
     if device.type == "cuda":
@@ -170,4 +235,4 @@ def available_memory(device: str | torch.device | None = None) -> int | None:
     headroom = _cgroup_headroom()
     if headroom is not None:
         system = min(system, headroom)
-    return system + _heap_free_bytes()
+    return system // max(1, processes) + _heap_free_bytes()

@@ -39,9 +39,15 @@ if TYPE_CHECKING:
 ImageLike = TypeVar("ImageLike", Image.Image, np.ndarray, torch.Tensor)
 
 
+# How allocation failures read when they are not a torch.OutOfMemoryError: the CPU allocator's,
+# CUDA's own, and cuBLAS's or cuDNN's.
+_OUT_OF_MEMORY_MESSAGES = ("can't allocate memory", "out of memory", "ALLOC_FAILED")
+
+
 def _out_of_memory(err: BaseException) -> bool:
-    """Whether ``err`` is an allocation failure (CUDA's own error, or the CPU allocator's)."""
-    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err)
+    """Whether ``err`` is an allocation failure rather than a bug."""
+    message = str(err)
+    return isinstance(err, torch.OutOfMemoryError) or any(m in message for m in _OUT_OF_MEMORY_MESSAGES)
 
 
 class Enhancer:
@@ -106,6 +112,8 @@ class Enhancer:
         self.overlap = overlap
         self.backend = backend
         self.compiled = bool(compile) and backend == "torch"
+        # The tile size the last photo ran with (0 = whole), for benchmarks and reports.
+        self.last_tile: int | None = None
         self._run: Callable[[torch.Tensor], torch.Tensor] = self.model
         self.package: Path | None = None
         if backend == "onnxruntime":
@@ -162,9 +170,9 @@ class Enhancer:
         """
         if self.tile is not None:
             return self.tile if self.tile and max(height, width) > self.tile else 0
-        available = available_memory(self.device)
-        if available is not None and self.device.type == "cpu":
-            available //= max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        processes = os.environ.get("LOCAL_WORLD_SIZE", "1")  # torchrun's processes on this machine
+        sharing = int(processes) if processes.isdigit() and self.device.type == "cpu" else 1
+        available = available_memory(self.device, processes=sharing)
         return automatic_tile(self._features(), height, width, self.precision, available, images)
 
     def _features(self) -> int:
@@ -188,16 +196,18 @@ class Enhancer:
         if not tile:
             try:
                 out = self._forward(batch).cpu()
+                self.last_tile = 0
                 return out[0] if single else out
-            except (torch.OutOfMemoryError, RuntimeError) as err:
+            except RuntimeError as err:  # torch.OutOfMemoryError is one
                 # The estimate was wrong for this device, or memory went to something else:
                 # tiles need a fraction of it. Only when mirnet chose; --tile 0 means whole.
                 if self.tile is not None or not _out_of_memory(err):
                     raise
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                tile = DEFAULT_TILE
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()  # here, once the failed pass's tensors are released
+            tile = DEFAULT_TILE
         out = torch.cat([self._enhance_tiled(b[None], tile, progress) for b in batch])
+        self.last_tile = tile
         return out[0] if single else out
 
     def _enhance_tiled(self, image: torch.Tensor, tile: int, progress) -> torch.Tensor:

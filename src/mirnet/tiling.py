@@ -25,7 +25,7 @@ AUTO_TILE_PIXELS = 4_000_000
 BYTES_PER_PIXEL_AND_FEATURE = {"fp32": 80, "bf16": 48}
 PHOTO_BYTES_PER_PIXEL = 64
 # The share of the available memory a whole photo's estimate may take before the photo is tiled
-# instead; with the estimate's own margin, a whole photo uses at most about 60% of it.
+# instead; with the estimate's own margin (above), a whole photo uses at most about 70% of it.
 MEMORY_SHARE = 0.75
 # Tiles are for photos that do not fit whole; 512-pixel tiles keep the peak low (827 MiB for a
 # 12 MP photo with tiny in bf16, against 7211 whole: benchmarks/speed.py --large 12).
