@@ -347,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=integer(0, 100_000),
         default=None,
         metavar="SIZE",
-        help="process in SIZE x SIZE tiles (bounded memory); default: automatic for large photos, 0: never",
+        help="process in SIZE x SIZE tiles (bounded memory); default: whole when the photo fits in "
+        "memory, else 512-pixel tiles; 0: always whole",
     )
     enhance.add_argument(
         "--backend",

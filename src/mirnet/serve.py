@@ -696,7 +696,8 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=integer(0),
         default=None,
         metavar="SIZE",
-        help="process in SIZE x SIZE tiles; default: automatic for large photos, 0: never",
+        help="process in SIZE x SIZE tiles (a cancel then waits one tile at most); default: whole when "
+        "the photo fits in memory, else 512-pixel tiles; 0: always whole",
     )
     serve.add_argument(
         "--queue",
