@@ -30,7 +30,7 @@ def child(model_name: str, precision: str, height: int, width: int) -> None:
     import torch
 
     import mirnet
-    from mirnet.device import keep_freed_memory
+    from mirnet.device import keep_freed_memory, process_memory
     from mirnet.inference import Enhancer
     from mirnet.tiling import whole_photo_bytes
     from mirnet.weights import bundled_models
@@ -44,18 +44,12 @@ def child(model_name: str, precision: str, height: int, width: int) -> None:
         info = {"name": model_name}
         enhancer = Enhancer(model, info, device="cpu", precision=precision, tile=0, compile=False)
     enhancer.enhance_tensor(torch.rand(3, 64, 64))
-    before = peak_bytes()
+    before = process_memory("VmHWM")
     enhancer.enhance_tensor(torch.rand(3, height, width))
     features = enhancer.model.conv_in.out_channels
     estimate = whole_photo_bytes(features, height, width, enhancer.precision)
-    measured = peak_bytes() - before
+    measured = process_memory("VmHWM") - before
     print(json.dumps({"measured": measured, "estimate": estimate, "precision": enhancer.precision}))
-
-
-def peak_bytes() -> int:
-    """This process's peak resident memory (VmHWM)."""
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
 
 
 def main() -> None:

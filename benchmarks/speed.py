@@ -166,13 +166,11 @@ def child(
 def peak_resident_mib() -> float:
     """This process's peak resident memory. On Linux from /proc (VmHWM): ``ru_maxrss`` would
     start from the parent's peak at the moment it started this child."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
+    from mirnet.device import process_memory
+
+    peak = process_memory("VmHWM")
+    if peak is not None:
+        return peak / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
 
 

@@ -63,6 +63,8 @@ def _glibc() -> ctypes.CDLL | None:
     except (OSError, AttributeError):
         return None
     libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    if hasattr(libc, "mallinfo2"):  # glibc 2.33+
+        libc.mallinfo2.restype = _MallInfo2
     return libc
 
 
@@ -109,8 +111,9 @@ class _MallInfo2(ctypes.Structure):
     ]
 
 
-def _status_bytes(field: str) -> int | None:
-    """A memory figure of this process from /proc/self/status (Linux), in bytes."""
+def process_memory(field: str) -> int | None:
+    """A memory figure of this process from /proc/self/status, in bytes (``"VmHWM"``: peak
+    resident, ``"RssAnon"``: resident anonymous); None where there is no such file (not Linux)."""
     try:
         with open("/proc/self/status") as status:
             for line in status:
@@ -132,10 +135,9 @@ def _heap_free_bytes() -> int:
     """
     libc = _glibc()
     mallinfo2 = getattr(libc, "mallinfo2", None) if libc is not None else None
-    resident = _status_bytes("RssAnon")
+    resident = process_memory("RssAnon")
     if mallinfo2 is None or resident is None:
         return 0
-    mallinfo2.restype = _MallInfo2
     info = mallinfo2()
     return int(max(0, min(info.fordblks, resident - info.uordblks - info.hblkhd)))
 
