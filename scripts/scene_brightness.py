@@ -64,14 +64,14 @@ def training_statistics(pairs, scenes: dict[str, str]) -> tuple[dict, dict[str, 
     members = defaultdict(list)
     for index, name in enumerate(scene):
         members[name].append(index)
-    low_within, high_within = [], []
+    # Each pair's brightness minus its scene's mean; pairs alone in their scene are left out
+    # of the within-scene correlation (their deviation is zero by construction).
+    low_deviation, high_deviation, shared = np.zeros_like(low), np.zeros_like(high), np.zeros(len(low), bool)
     for indices in members.values():
-        if len(indices) > 1:
-            low_within += list(low[indices] - low[indices].mean())
-            high_within += list(high[indices] - high[indices].mean())
+        low_deviation[indices] = low[indices] - low[indices].mean()
+        high_deviation[indices] = high[indices] - high[indices].mean()
+        shared[indices] = len(indices) > 1
     scene_mean = {name: float(high[indices].mean()) for name, indices in members.items()}
-    # Between-scene share: 1 - (variance around each scene's mean) / (total variance).
-    residual = np.concatenate([high[indices] - high[indices].mean() for indices in members.values()])
     stats = {
         "pairs": len(pairs),
         "scenes": len(members),
@@ -80,8 +80,9 @@ def training_statistics(pairs, scenes: dict[str, str]) -> tuple[dict, dict[str, 
         "truth_brightness_p10_p50_p90": np.percentile(high, [10, 50, 90]).round(4).tolist(),
         "truth_brightness_std": round(float(high.std()), 4),
         "corr_input_truth_all": correlation(low, high),
-        "corr_input_truth_within_scene": correlation(low_within, high_within),
-        "truth_variance_between_scenes": round(float(1 - residual.var() / high.var()), 3),
+        "corr_input_truth_within_scene": correlation(low_deviation[shared], high_deviation[shared]),
+        # 1 - (variance around each scene's mean) / (total variance)
+        "truth_variance_between_scenes": round(float(1 - high_deviation.var() / high.var()), 3),
     }
     return stats, scene_mean
 

@@ -61,7 +61,7 @@ def test_enhance_returns_the_kind_it_was_given(default_model):
     "sample, tile, least",
     [
         # rocket: 640x427, so the default 512-pixel tiles make a 2 x 1 grid with a blended seam
-        # (measured 38.9 dB with the shipped stage-3 weights, above 40 with stage 2's).
+        # (measured 38.9 dB with the stage-3 weights, above 40 with stage 2's).
         ("rocket", DEFAULT_TILE, 37.0),
         # coffee: 600x400 in 256-pixel tiles, a 3 x 2 grid. Small tiles agree less: the general
         # model leans on photo-wide context (is this photo dark?) more than the tiles' replayed
