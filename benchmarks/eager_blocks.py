@@ -5,9 +5,10 @@
 
 Two layers of ``mirnet.archs.mirnet_arch`` compute their paper formulas in a faster way
 (same values, tested in tests/test_archs.py): ``BlurPool`` without a reflect-padded copy of its
-input, and ``SpatialAttention`` with the channel mean as a 1x1 convolution and the gate
-expanded before the product. This script puts the plain formulas back on the same model
-(reflect pad then strided blur; ``mean`` over channels and a broadcast product) and times
+input, and ``SpatialAttention`` with the channel mean as a 1x1 convolution, the channel max as
+a tree of element-wise maxima of channel halves, and the gate expanded before the product.
+This script puts the plain formulas back on the same model (reflect pad then strided blur;
+``amax`` and ``mean`` over channels and a broadcast product) and times
 both versions of the whole network, alternating one photo each for ``--rounds`` rounds, so
 that a change in the machine's load slows both alike. Reported per path: median seconds of
 each, the speed-up of the rewritten layers, and the PSNR between their outputs. Paths: the

@@ -11,7 +11,13 @@ from safetensors.torch import save_file
 from torch import nn
 
 from mirnet.archs import MODEL_CONFIGS, MIRNet, build_model, count_parameters
-from mirnet.archs.mirnet_arch import BlurPool, GlobalAveragePool, ResidualUpsample, SpatialAttention
+from mirnet.archs.mirnet_arch import (
+    BlurPool,
+    GlobalAveragePool,
+    ResidualUpsample,
+    SpatialAttention,
+    _channel_max,
+)
 from mirnet.weights import WeightsError, arch_config, bundled_models, load_weights
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -241,3 +247,12 @@ def test_spatial_attention_gates_with_channel_max_and_mean(channels_last):
     expected = x * torch.sigmoid(attention.conv(pooled))
     got = attention(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
     assert torch.allclose(got, expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("channels", [1, 3, 12, 16, 64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_channel_max_is_amax_over_channels(channels, dtype):
+    # 12 halves twice, then the 3 left are reduced by amax; 3 by amax alone.
+    torch.manual_seed(0)
+    x = torch.randn(2, channels, 5, 7).to(dtype).contiguous(memory_format=torch.channels_last)
+    assert torch.equal(_channel_max(x), x.amax(dim=1, keepdim=True))

@@ -79,9 +79,13 @@ def test_tiled_output_agrees_with_whole_photo(default_model, sample, tile, least
 
 
 def test_bf16_path_stays_close_to_fp32(default_model):
+    # Against an fp32 Enhancer: the default is itself bf16 where the CPU has it.
     photo = read_image(SAMPLES[0])
     fast = Enhancer(default_model.model, default_model.info, precision="bf16").enhance_tensor(photo)
-    assert psnr(fast, default_model.enhance_tensor(photo)) >= 40.0
+    reference = Enhancer(default_model.model, default_model.info, precision="fp32").enhance_tensor(photo)
+    # 45 dB is issue 18's bar for the default precision (benchmarks/bf16_fidelity.py measures
+    # the real test photos).
+    assert psnr(fast, reference) >= 45.0
 
 
 def test_fast_path_stays_close_to_the_reference(default_model):
