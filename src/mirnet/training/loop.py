@@ -9,6 +9,7 @@ DistributedDataParallel (see :mod:`mirnet.training.distributed`).
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import signal
@@ -499,4 +500,10 @@ def train(
         return weights
     finally:
         trainer.folder.close()
+        # DDP's reducer holds the process group and gloo's pending work: release it before the
+        # group is destroyed, not at interpreter exit, where tearing it down could abort the
+        # process after a finished run (seen as "terminate called without an active
+        # exception" on one rank of a two-machine run).
+        trainer.ddp = trainer.model
+        gc.collect()
         trainer.dist.close()
