@@ -33,6 +33,9 @@ BAD_VALUES = [
     ("train", "batch_size", -4, "train.batch_size: must be at least 1"),
     ("data", "patch_size", "abc", "data.patch_size: must be a whole number"),
     ("data", "patch_size", 8, "data.patch_size: 8 is smaller than the SSIM loss's 11-pixel window"),
+    ("data", "patch_size", [32, 48, 64], "data.patch_size: must be one size or [height, width]"),
+    ("data", "patch_size", [32, "wide"], "data.patch_size: must be a whole number"),
+    ("data", "patch_size", [8, 64], "data.patch_size: [8, 64] is smaller than the SSIM loss's"),
     ("data", "validation_pairs", 0, "data.validation_pairs: must be at least 1"),
     ("data", "validation_pairs", -1, "data.validation_pairs: must be at least 1"),
     ("data", "mixup_alpha", -1, "data.mixup_alpha: must be at least 0"),
@@ -109,6 +112,8 @@ def test_yaml_1_1_exponents_are_numbers():
     assert config.train.lr == 2e-4 and isinstance(config.train.lr, float)
     assert parse_config(_with("train", "min_lr", "1e-6")).train.min_lr == 1e-6
     assert parse_config(_with("data", "patch_size", "32")).data.patch_size == 32
+    assert parse_config(_with("data", "patch_size", [32, "48"])).data.patch_size == [32, 48]
+    assert parse_config(_with("data", "patch_size", [32, 32])).data.patch_size == 32  # a square
     assert parse_config(_with("train", "epochs", 3.0)).train.epochs == 3
 
 

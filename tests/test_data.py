@@ -103,6 +103,24 @@ def test_patches_apply_the_same_crop_and_flip_to_low_and_high(tmp_path):
     assert any(not torch.equal(dataset[i][0], again[i][0]) for i in range(len(dataset)))
 
 
+def test_rectangular_patches_keep_their_shape_through_every_flip(tmp_path):
+    # [height, width] patches get only the flips that keep their shape (so they stack into
+    # batches), and images smaller than the patch on either side are refused.
+    from mirnet.data.patches import random_crop_and_flip
+
+    image = torch.arange(3 * 30 * 40).reshape(3, 30, 40)
+    rng = torch.Generator().manual_seed(0)
+    crops = [random_crop_and_flip((image, image + 1), [12, 20], rng) for _ in range(64)]
+    assert all(low.shape == high.shape == (3, 12, 20) for low, high in crops)
+    assert all(torch.equal(low + 1, high) for low, high in crops)
+    corners = {int(low[0, 0, 0]) % 40 < int(low[0, 0, -1]) % 40 for low, _ in crops}
+    assert corners == {True, False}  # some are mirrored left to right
+    root = make_pairs(tmp_path / "pairs", "train", 2, size=(32, 48))  # height, width
+    assert PairedPatchDataset(find_pairs(root, "train"), [24, 48], progress=False)[0][0].shape == (3, 24, 48)
+    with pytest.raises(PairedDataError, match="smaller than the patch size"):
+        PairedPatchDataset(find_pairs(root, "train"), [24, 56], progress=False)
+
+
 def test_dihedral_gives_eight_different_views():
     image = torch.arange(12.0).reshape(1, 3, 4)
     views = {tuple(dihedral(image, mode).flatten().tolist()) for mode in range(8)}

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from mirnet.data.pairs import PairedDataError, load_pair, split_validation
-from mirnet.data.patches import load_uint8_pairs, random_crop_and_flip, sample_seed, to_uint8
+from mirnet.data.patches import PatchSize, fits, load_uint8_pairs, random_crop_and_flip, sample_seed, to_uint8
 from mirnet.data.synthetic import Darkening, darken
 from mirnet.io import is_image_path, read_image
 
@@ -49,7 +49,7 @@ class Source:
     train_names: list[str]
     darkening: Darkening | None = None
 
-    def sample(self, rng: torch.Generator, patch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, rng: torch.Generator, patch_size: PatchSize) -> tuple[torch.Tensor, torch.Tensor]:
         """One random training patch (low, high), uint8, drawn from ``rng``."""
         index = int(torch.randint(0, len(self.images), (1,), generator=rng))
         low, high = self.images[index]
@@ -79,18 +79,18 @@ def hold_out_photos(paths: list[Path], count: int, seed: int) -> tuple[list[Path
     return split_validation(paths, count, seed)
 
 
-def load_clean(paths: list[Path], min_size: int, progress: bool, desc: str) -> list[torch.Tensor]:
+def load_clean(paths: list[Path], patch_size: PatchSize, progress: bool, desc: str) -> list[torch.Tensor]:
     """Decode clean photos once as uint8, refusing any smaller than a patch."""
     images = []
     for path in tqdm(paths, desc=desc, unit="photo", disable=not progress, leave=False):
         image = to_uint8(read_image(path))
-        if min(image.shape[1:]) < min_size:
-            raise PairedDataError(f"{path}: smaller than the patch size {min_size}")
+        if not fits(image, patch_size):
+            raise PairedDataError(f"{path}: smaller than the patch size {patch_size}")
         images.append(image)
     return images
 
 
-def paired_source(name: str, train_pairs, validation_pairs, patch_size: int, progress: bool) -> Source:
+def paired_source(name: str, train_pairs, validation_pairs, patch_size: PatchSize, progress: bool) -> Source:
     """A source of real pairs; every image of every pair (validation too) is read now."""
     images = load_uint8_pairs(train_pairs, patch_size, progress, desc=f"loading {name}")
     validation = [ValidationImage(pair.name, *load_pair(pair)) for pair in validation_pairs]
@@ -102,7 +102,7 @@ def clean_source(
     kind: str,
     train_paths: list[Path],
     validation_paths: list[Path],
-    patch_size: int,
+    patch_size: PatchSize,
     seed: int,
     darkening: Darkening | None,
     progress: bool,
@@ -135,7 +135,12 @@ class MixedPatchDataset(Dataset):
     """
 
     def __init__(
-        self, sources: list[Source], weights: list[float], samples_per_epoch: int, patch_size: int, seed: int
+        self,
+        sources: list[Source],
+        weights: list[float],
+        samples_per_epoch: int,
+        patch_size: PatchSize,
+        seed: int,
     ):
         if len(sources) != len(weights) or not sources:
             raise ValueError("one weight per source, and at least one source")

@@ -35,31 +35,54 @@ def dihedral(image: torch.Tensor, mode: int) -> torch.Tensor:
     return image
 
 
+# A square side, or (height, width).
+PatchSize = int | tuple[int, int] | list[int]
+
+
+def patch_shape(patch_size: PatchSize) -> tuple[int, int]:
+    """(height, width) of a patch given as one side or as (height, width)."""
+    if isinstance(patch_size, int):
+        return patch_size, patch_size
+    height, width = patch_size
+    return int(height), int(width)
+
+
+def fits(image: torch.Tensor, patch_size: PatchSize) -> bool:
+    """Whether a (C, H, W) image is at least as tall and as wide as the patch."""
+    height, width = patch_shape(patch_size)
+    return image.shape[-2] >= height and image.shape[-1] >= width
+
+
 def random_crop_and_flip(
-    images: tuple[torch.Tensor, ...], patch_size: int, rng: torch.Generator, augment: bool = True
+    images: tuple[torch.Tensor, ...], patch_size: PatchSize, rng: torch.Generator, augment: bool = True
 ) -> tuple[torch.Tensor, ...]:
     """The same random ``patch_size`` crop and flip/rotation of each of ``images`` (all of
-    one size), drawn from ``rng``: a low image and its target stay aligned."""
+    one size), drawn from ``rng``: a low image and its target stay aligned.
+
+    A square patch gets one of the 8 flips/rotations; a rectangular one only the 4 that keep
+    its shape (flips and the half turn), so that patches stack into batches.
+    """
+    patch_h, patch_w = patch_shape(patch_size)
     h, w = images[0].shape[1:]
-    top = int(torch.randint(0, h - patch_size + 1, (1,), generator=rng))
-    left = int(torch.randint(0, w - patch_size + 1, (1,), generator=rng))
-    window = (slice(None), slice(top, top + patch_size), slice(left, left + patch_size))
+    top = int(torch.randint(0, h - patch_h + 1, (1,), generator=rng))
+    left = int(torch.randint(0, w - patch_w + 1, (1,), generator=rng))
+    window = (slice(None), slice(top, top + patch_h), slice(left, left + patch_w))
     images = tuple(image[window] for image in images)
     if augment:
-        mode = int(torch.randint(0, 8, (1,), generator=rng))
+        mode = int(torch.randint(0, 8 if patch_h == patch_w else 4, (1,), generator=rng))
         images = tuple(dihedral(image, mode) for image in images)
     return images
 
 
 def load_uint8_pairs(
-    pairs: list[ImagePair], min_size: int, progress: bool = True, desc: str = "loading pairs"
+    pairs: list[ImagePair], patch_size: PatchSize, progress: bool = True, desc: str = "loading pairs"
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Decode every pair once (both images checked), as uint8 (3, H, W) tensors."""
     images = []
     for pair in tqdm(pairs, desc=desc, unit="pair", disable=not progress, leave=False):
         low, high = load_pair(pair)
-        if min(low.shape[1:]) < min_size:
-            raise PairedDataError(f"{pair.low}: smaller than the patch size {min_size}")
+        if not fits(low, patch_size):
+            raise PairedDataError(f"{pair.low}: smaller than the patch size {patch_size}")
         images.append((to_uint8(low), to_uint8(high)))
     return images
 
@@ -75,7 +98,7 @@ class PairedPatchDataset(Dataset):
     def __init__(
         self,
         pairs: list[ImagePair],
-        patch_size: int,
+        patch_size: PatchSize,
         repeat: int = 1,
         augment: bool = True,
         seed: int = 0,

@@ -27,6 +27,7 @@ import yaml
 from mirnet.archs import MIRNet
 from mirnet.archs.configs import MODEL_CONFIGS
 from mirnet.data.mixture import SOURCE_KINDS
+from mirnet.data.patches import patch_shape
 from mirnet.data.synthetic import Darkening
 
 SSIM_WINDOW = 11  # the SSIM loss's Gaussian window (mirnet.metrics)
@@ -53,7 +54,7 @@ class SourceConfig:
 
 @dataclass
 class DataConfig:
-    patch_size: int = 128
+    patch_size: int | list[int] = 128  # a square's side, or [height, width]
     repeat: int = 1  # one folder: visits of each training pair per epoch
     validation_pairs: int = 20  # one folder: pairs held out for validation
     mixup_alpha: float = 0.0  # 0 disables MixUp; Beta(alpha, alpha) weights otherwise
@@ -244,6 +245,16 @@ def _darkening(check: _Checker, given: Any) -> dict[str, Any]:
     return dict(given)
 
 
+def _patch_size(check: _Checker, value: Any) -> int | list[int]:
+    """A square patch's side, or [height, width] for a rectangular one (each at least 8)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise check.fail("data.patch_size", f"must be one size or [height, width], got {value!r}")
+        sides = [check.integer("data.patch_size", side, minimum=8) for side in value]
+        return sides[0] if sides[0] == sides[1] else sides
+    return check.integer("data.patch_size", value, minimum=8)
+
+
 def _data(check: _Checker, given: Any) -> DataConfig:
     known = {f.name for f in dataclasses.fields(DataConfig)}
     given = {**dataclasses.asdict(DataConfig()), **check.mapping("data", given, known)}
@@ -256,7 +267,7 @@ def _data(check: _Checker, given: Any) -> DataConfig:
         if len(set(names)) != len(names):
             raise check.fail("data.sources", f"source names must differ, got {names}")
     return DataConfig(
-        patch_size=check.integer("data.patch_size", given["patch_size"], minimum=8),
+        patch_size=_patch_size(check, given["patch_size"]),
         repeat=check.integer("data.repeat", given["repeat"], minimum=1),
         validation_pairs=check.integer("data.validation_pairs", given["validation_pairs"], minimum=1),
         mixup_alpha=check.number("data.mixup_alpha", given["mixup_alpha"], minimum=0),
@@ -332,7 +343,7 @@ def parse_config(raw: Any, origin: str = "config") -> ExperimentConfig:
         loss=_loss(check, raw.get("loss")),
         train=_train(check, raw.get("train")),
     )
-    if config.loss.ssim > 0 and config.data.patch_size < SSIM_WINDOW:
+    if config.loss.ssim > 0 and min(patch_shape(config.data.patch_size)) < SSIM_WINDOW:
         raise check.fail(
             "data.patch_size",
             f"{config.data.patch_size} is smaller than the SSIM loss's {SSIM_WINDOW}-pixel window",
