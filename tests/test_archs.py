@@ -256,3 +256,11 @@ def test_channel_max_is_amax_over_channels(channels, dtype):
     torch.manual_seed(0)
     x = torch.randn(2, channels, 5, 7).to(dtype).contiguous(memory_format=torch.channels_last)
     assert torch.equal(_channel_max(x), x.amax(dim=1, keepdim=True))
+
+
+def test_channel_max_trains_with_amax_gradients_where_channels_tie():
+    # Three of four channels tie for the maximum: amax shares the gradient equally (1/3 each),
+    # a tree of maxima would not, so with gradients the channel max is amax itself.
+    x = torch.tensor([2.0, 2.0, 2.0, 1.0], dtype=torch.float64).reshape(1, 4, 1, 1).requires_grad_()
+    (grad,) = torch.autograd.grad(_channel_max(x).sum(), x)
+    assert torch.allclose(grad.flatten(), torch.tensor([1 / 3, 1 / 3, 1 / 3, 0.0], dtype=torch.float64))

@@ -35,7 +35,7 @@ BAD_VALUES = [
     ("data", "patch_size", 8, "data.patch_size: 8 is smaller than the SSIM loss's 11-pixel window"),
     ("data", "patch_size", [32, 48, 64], "data.patch_size: must be one size or [height, width]"),
     ("data", "patch_size", [32, "wide"], "data.patch_size: must be a whole number"),
-    ("data", "patch_size", [8, 64], "data.patch_size: [8, 64] is smaller than the SSIM loss's"),
+    ("data", "patch_size", [8, 64], "data.patch_size: 8x64 (height x width) is smaller than the SSIM loss's"),
     ("data", "validation_pairs", 0, "data.validation_pairs: must be at least 1"),
     ("data", "validation_pairs", -1, "data.validation_pairs: must be at least 1"),
     ("data", "mixup_alpha", -1, "data.mixup_alpha: must be at least 0"),

@@ -121,6 +121,19 @@ def test_rectangular_patches_keep_their_shape_through_every_flip(tmp_path):
         PairedPatchDataset(find_pairs(root, "train"), [24, 56], progress=False)
 
 
+def test_square_patches_draw_as_they_always_did():
+    # Pinned before rectangular patches existed: the same seed gives the same crops and flips,
+    # given as one side or as [side, side], so older runs reproduce and resume bit-exactly.
+    from mirnet.data.patches import random_crop_and_flip
+
+    image = torch.arange(3 * 30 * 40).reshape(3, 30, 40)
+    for size in (16, [16, 16]):
+        rng = torch.Generator().manual_seed(7)
+        crops = [random_crop_and_flip((image,), size, rng)[0] for _ in range(5)]
+        corners = [(int(c[0, 0, 0]), int(c[0, -1, -1])) for c in crops]
+        assert corners == [(32, 617), (1063, 448), (84, 699), (1063, 448), (352, 937)]
+
+
 def test_dihedral_gives_eight_different_views():
     image = torch.arange(12.0).reshape(1, 3, 4)
     views = {tuple(dihedral(image, mode).flatten().tolist()) for mode in range(8)}
@@ -245,6 +258,17 @@ def test_a_mixed_run_reports_validation_per_source(tmp_path):
     assert weights.exists()
     log = (tmp_path / "run" / "log.csv").read_text().splitlines()
     assert {"val_psnr_real", "val_psnr_dark", "val_psnr_good"} <= set(log[0].split(","))
+
+
+def test_a_mixed_run_trains_on_rectangular_patches(tmp_path):
+    from mirnet.training import parse_config, train
+
+    config = _mixed_config(tmp_path)
+    config["data"]["patch_size"] = [24, 40]  # pairs are 48x64 and clean photos 40x48 (height x width)
+    assert train(parse_config(config), None, tmp_path / "run", progress=False).exists()
+    config["data"]["patch_size"] = [24, 200]
+    with pytest.raises(PairedDataError, match=r"smaller than the patch size 24x200 \(height x width\)"):
+        train(parse_config(config), None, tmp_path / "run2", progress=False)
 
 
 def test_a_mixed_run_resumes_exactly(tmp_path):

@@ -17,7 +17,15 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from mirnet.data.pairs import PairedDataError, load_pair, split_validation
-from mirnet.data.patches import PatchSize, fits, load_uint8_pairs, random_crop_and_flip, sample_seed, to_uint8
+from mirnet.data.patches import (
+    PatchSize,
+    describe,
+    fits,
+    load_uint8_pairs,
+    random_crop_and_flip,
+    sample_seed,
+    to_uint8,
+)
 from mirnet.data.synthetic import Darkening, darken
 from mirnet.io import is_image_path, read_image
 
@@ -85,7 +93,7 @@ def load_clean(paths: list[Path], patch_size: PatchSize, progress: bool, desc: s
     for path in tqdm(paths, desc=desc, unit="photo", disable=not progress, leave=False):
         image = to_uint8(read_image(path))
         if not fits(image, patch_size):
-            raise PairedDataError(f"{path}: smaller than the patch size {patch_size}")
+            raise PairedDataError(f"{path}: smaller than the patch size {describe(patch_size)}")
         images.append(image)
     return images
 

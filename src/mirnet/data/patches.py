@@ -1,5 +1,6 @@
-"""Training patches: random crops with the 8 flips/rotations, a pure function of
-(seed, epoch, index) so that a resumed run sees exactly the samples it would have seen."""
+"""Training patches: random crops with flips/rotations (the 8 for square patches, the 4 that
+keep a rectangular patch's shape), a pure function of (seed, epoch, index) so that a resumed
+run sees exactly the samples it would have seen."""
 
 from __future__ import annotations
 
@@ -47,6 +48,12 @@ def patch_shape(patch_size: PatchSize) -> tuple[int, int]:
     return int(height), int(width)
 
 
+def describe(patch_size: PatchSize) -> str:
+    """A patch size for messages: ``320``, or ``320x480 (height x width)``."""
+    height, width = patch_shape(patch_size)
+    return str(height) if height == width else f"{height}x{width} (height x width)"
+
+
 def fits(image: torch.Tensor, patch_size: PatchSize) -> bool:
     """Whether a (C, H, W) image is at least as tall and as wide as the patch."""
     height, width = patch_shape(patch_size)
@@ -82,13 +89,14 @@ def load_uint8_pairs(
     for pair in tqdm(pairs, desc=desc, unit="pair", disable=not progress, leave=False):
         low, high = load_pair(pair)
         if not fits(low, patch_size):
-            raise PairedDataError(f"{pair.low}: smaller than the patch size {patch_size}")
+            raise PairedDataError(f"{pair.low}: smaller than the patch size {describe(patch_size)}")
         images.append((to_uint8(low), to_uint8(high)))
     return images
 
 
 class PairedPatchDataset(Dataset):
-    """Random ``patch_size`` crops of training pairs with the 8 flips/rotations.
+    """Random ``patch_size`` crops of training pairs with flips/rotations (see
+    :func:`random_crop_and_flip`).
 
     The pairs are decoded once and held in memory as uint8 (236 pairs of 600x400 take
     340 MB). Each epoch visits every pair ``repeat`` times. The crop and augmentation of an

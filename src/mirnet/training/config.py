@@ -27,7 +27,7 @@ import yaml
 from mirnet.archs import MIRNet
 from mirnet.archs.configs import MODEL_CONFIGS
 from mirnet.data.mixture import SOURCE_KINDS
-from mirnet.data.patches import patch_shape
+from mirnet.data.patches import describe, patch_shape
 from mirnet.data.synthetic import Darkening
 
 SSIM_WINDOW = 11  # the SSIM loss's Gaussian window (mirnet.metrics)
@@ -346,7 +346,7 @@ def parse_config(raw: Any, origin: str = "config") -> ExperimentConfig:
     if config.loss.ssim > 0 and min(patch_shape(config.data.patch_size)) < SSIM_WINDOW:
         raise check.fail(
             "data.patch_size",
-            f"{config.data.patch_size} is smaller than the SSIM loss's {SSIM_WINDOW}-pixel window",
+            f"{describe(config.data.patch_size)} is smaller than the SSIM loss's {SSIM_WINDOW}-pixel window",
         )
     return config
 

@@ -371,6 +371,19 @@ class Trainer:
         self.dist.broadcast([0.0])
         return weights
 
+    def close(self) -> None:
+        """Close the run folder and leave the process group.
+
+        DDP's reducer holds the process group and gloo's pending work, so it is released
+        first, not at interpreter exit, where tearing it down could abort a process after a
+        finished run (seen as "terminate called without an active exception" on one rank of
+        a two-machine run).
+        """
+        self.folder.close()
+        self.ddp = self.model
+        gc.collect()
+        self.dist.close()
+
     def fit(self) -> Path | None:
         """Train until the configured epochs or steps, or a stop signal.
 
@@ -499,11 +512,4 @@ def train(
             raise TrainingStopped(trainer.stopped_by)  # fit() returns None only when stopped
         return weights
     finally:
-        trainer.folder.close()
-        # DDP's reducer holds the process group and gloo's pending work: release it before the
-        # group is destroyed, not at interpreter exit, where tearing it down could abort the
-        # process after a finished run (seen as "terminate called without an active
-        # exception" on one rank of a two-machine run).
-        trainer.ddp = trainer.model
-        gc.collect()
-        trainer.dist.close()
+        trainer.close()
