@@ -3,13 +3,16 @@
     python benchmarks/eager_blocks.py                 # tiny, 600x400, default path and fp32
     python benchmarks/eager_blocks.py --rounds 9 --json benchmarks/results/eager-blocks-cpu.json
 
-Two layers of ``mirnet.archs.mirnet_arch`` compute their paper formulas in a faster way
-(same values, tested in tests/test_archs.py): ``BlurPool`` without a reflect-padded copy of its
-input, and ``SpatialAttention`` with the channel mean as a 1x1 convolution, the channel max as
-a tree of element-wise maxima of channel halves, and the gate expanded before the product.
-This script puts the plain formulas back on the same model (reflect pad then strided blur;
-``amax`` and ``mean`` over channels and a broadcast product) and times
-both versions of the whole network, alternating one photo each for ``--rounds`` rounds, so
+Parts of ``mirnet.archs.mirnet_arch`` compute their paper formulas in a faster way
+(same values, tested in tests/test_archs.py and tests/test_fast_ops.py): ``BlurPool`` without
+a reflect-padded copy of its input; ``SpatialAttention`` with the channel mean as a 1x1
+convolution, the channel max as a tree of element-wise maxima of channel halves, and the gate
+expanded before the product; and, for inference in channels-last layout
+(``mirnet.archs.fast_ops``), bilinear up-sampling by lerps and the dual attention unit's
+fusion in two halves instead of over a concatenation. This script puts the plain formulas
+back on the same model (reflect pad then strided blur; ``amax`` and ``mean`` over channels
+and a broadcast product; ``fast_ops.plain_ops()``) and times both
+versions of the whole network, alternating one photo each for ``--rounds`` rounds, so
 that a change in the machine's load slows both alike. Reported per path: median seconds of
 each, the speed-up of the rewritten layers, and the PSNR between their outputs. Paths: the
 default (channels-last, bf16 autocast where the CPU has it) and plain fp32 (NCHW), the
@@ -19,6 +22,7 @@ baseline of benchmarks/speed.py. Prints a Markdown table and writes JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -28,6 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from mirnet.archs import fast_ops
 from mirnet.archs.mirnet_arch import BlurPool, SpatialAttention
 from mirnet.device import supports_bf16
 from mirnet.io import read_image
@@ -64,8 +69,9 @@ def timed(
 ) -> tuple[float, torch.Tensor]:
     """Seconds for one photo through ``net`` with the plain or the rewritten layers, and the output."""
     use_plain_layers(net, plain)
+    ops = fast_ops.plain_ops() if plain else contextlib.nullcontext()
     start = time.perf_counter()
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    with ops, torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         out = net(batch)
     return time.perf_counter() - start, out.float()
 

@@ -77,6 +77,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mirnet.archs import fast_ops
+
 
 def _conv(in_channels: int, out_channels: int, kernel_size: int, bias: bool = False) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
@@ -196,8 +198,23 @@ class DualAttentionUnit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.body(x)
-        attended = torch.cat([self.spatial_attention(features), self.channel_attention(features)], dim=1)
-        return x + self.fuse(attended)
+        if not fast_ops.applies(features):
+            attended = torch.cat([self.spatial_attention(features), self.channel_attention(features)], dim=1)
+            return x + self.fuse(attended)
+        # For CPU inference, the same function without the concatenation (slow along
+        # channels-last's innermost axis): the 1x1 fusion's weight in halves, one per branch.
+        # The channel gate, one number per channel, scales its half's weights rather than the
+        # features when the batch is one photo.
+        channels = features.shape[1]
+        spatial_weight, channel_weight = self.fuse.weight.split(channels, dim=1)
+        gate = self.channel_attention.gate(features)
+        if features.shape[0] == 1:
+            out = F.conv2d(features, channel_weight * gate.view(1, channels, 1, 1), self.fuse.bias)
+        else:
+            out = F.conv2d(features * gate, channel_weight, self.fuse.bias)
+        out = x + out
+        out += F.conv2d(self.spatial_attention(features), spatial_weight)
+        return out
 
 
 class SelectiveKernelFeatureFusion(nn.Module):
@@ -270,7 +287,7 @@ class BlurPool(nn.Module):
 
 class _Upsample2x(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        return fast_ops.upsample2x(x)  # F.interpolate, bilinear, align_corners=False
 
 
 # Before their parts were named, both resamplers held two Sequentials: ``main`` (1x1 conv,
