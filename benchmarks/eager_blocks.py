@@ -8,8 +8,9 @@ Parts of ``mirnet.archs.mirnet_arch`` compute their paper formulas in a faster w
 a reflect-padded copy of its input; ``SpatialAttention`` with the channel mean as a 1x1
 convolution, the channel max as a tree of element-wise maxima of channel halves, and the gate
 expanded before the product; and, for inference in channels-last layout
-(``mirnet.archs.fast_ops``), bilinear up-sampling by lerps and the dual attention unit's
-fusion in two halves instead of over a concatenation. This script puts the plain formulas
+(``mirnet.archs.fast_ops``), bilinear up-sampling by lerps, global average pooling in bf16 as
+a product with ones, and the dual attention unit's fusion in two halves instead of over a
+concatenation. This script puts the plain formulas
 back on the same model (reflect pad then strided blur; ``amax`` and ``mean`` over channels
 and a broadcast product; ``fast_ops.plain_ops()``) and times both
 versions of the whole network, alternating one photo each for ``--rounds`` rounds, so

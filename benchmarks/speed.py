@@ -2,19 +2,24 @@
 
     python benchmarks/speed.py                      # shipped models + paper, all paths, 600x400
     python benchmarks/speed.py --models tiny --paths plain-fp32 compile-bf16 --repeats 5
+    python benchmarks/speed.py --models tiny --paths plain-fp32 eager-bf16 default --rounds 5
     python benchmarks/speed.py --large 12           # also a 12-megapixel photo (default model)
 
 Each (model, path) runs in a fresh child process, so its peak memory (max RSS on the CPU,
 max allocated on CUDA) is its own and a compilation cache of one path cannot help another.
 Times are medians over ``--repeats`` calls after warm-up (the warm-up, which includes any
-compilation, is reported separately). Every path is reported as a speed-up over plain fp32
-(the model called as any PyTorch user would: eager, NCHW) of the same model measured in the
-same run, and its output's PSNR against plain fp32's output (the reference). Every other path
-runs as the ``mirnet`` command does, with freed memory kept for reuse
-(``mirnet.device.keep_freed_memory``); plain fp32 keeps the C library's defaults. The machine's
-achievable matrix-multiply rate is measured first, in the same process, in fp32 and bf16;
-each path is also reported as the share of that limit its photo's multiply-accumulates reach
-(MACs counted by PyTorch's FLOP counter). Prints a Markdown table and writes JSON.
+compilation, is reported separately). With ``--rounds R`` each eager path at 600x400 (plain,
+kept, eager, default without a package) runs in R processes, the paths in turn per round and
+before any compiled path, and reports the median of their medians (each round's in the JSON):
+on a shared machine one process can run 10-40% slower than the next with the same code.
+Every path is reported as a speed-up over plain fp32 (the model called as any PyTorch user
+would: eager, NCHW) of the same model measured in the same run, and its output's PSNR
+against plain fp32's output (the reference). Every other path runs as the ``mirnet`` command
+does, with freed memory kept for reuse (``mirnet.device.keep_freed_memory``); plain fp32 keeps
+the C library's defaults. The machine's achievable matrix-multiply rate is measured first, in
+the same process, in fp32 and bf16; each path is also reported as the share of that limit its
+photo's multiply-accumulates reach (MACs counted by PyTorch's FLOP counter). Prints a Markdown
+table and writes JSON.
 
 ``--large MP`` adds a photo of MP megapixels with the default path twice: as ``mirnet
 enhance`` runs it (whole when it fits in the available memory, else in tiles; the row says
@@ -65,6 +70,8 @@ PATHS = [
     "aoti-bf16",
     "onnxruntime",
 ]
+# The paths --rounds repeats: eager ones, whose later processes start as cold as the first.
+REPEATABLE = {BASELINE, "kept-fp32", "eager-fp32", "eager-bf16", "default"}
 
 # The tile argument of a large photo's row that lets mirnet choose, as `mirnet enhance` does.
 AUTOMATIC = -1
@@ -193,6 +200,28 @@ def run_child(model: str, path: str, image: Path, repeats: int, device: str, til
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def merged(results: list[dict]) -> dict:
+    """One path's child processes as one result: the median of their medians (``--rounds``).
+
+    A failed round fails the path; rounds must agree on what they ran (package, precision,
+    tile), or their times would not be of the same thing.
+    """
+    for round_, result in enumerate(results, 1):
+        if "error" in result:
+            return {**result, "error": f"round {round_}: {result['error']}"}
+    kinds = {tuple(r.get(key) for key in ("package", "precision", "tile_used")) for r in results}
+    if len(kinds) > 1:
+        return {"error": f"rounds ran different things (package, precision, tile): {sorted(kinds)}"}
+    result = dict(results[0])
+    result["seconds"] = float(np.median([r["seconds"] for r in results]))
+    result["times"] = [t for r in results for t in r["times"]]
+    result["warmup_s"] = float(np.median([r["warmup_s"] for r in results]))
+    result["peak_mib"] = max(r["peak_mib"] for r in results)
+    if len(results) > 1:
+        result["round_seconds"] = [r["seconds"] for r in results]
+    return result
+
+
 def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
@@ -246,7 +275,14 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", help="default: every bundled model, then paper")
     parser.add_argument("--paths", nargs="+", default=PATHS, choices=PATHS)
     parser.add_argument("--image", default=str(ROOT / "samples" / "coffee_dark.png"), help="a 600x400 photo")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="photos timed per process (median)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run each 600x400 path's process this many times, the paths in turn, and report the "
+        "median: the spread between processes on a shared machine can be larger than a gain",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--large", type=float, default=0, metavar="MP", help="also time a photo of MP megapixels"
@@ -260,6 +296,8 @@ def main() -> None:
         model, path, image, repeats, device, tile, out = args.child
         child(model, path, image, int(repeats), device, int(tile), out)
         return
+    if args.rounds < 1 or args.repeats < 1:
+        parser.error("--rounds and --repeats must be at least 1")
 
     from mirnet.tiling import DEFAULT_TILE
     from mirnet.weights import DEFAULT_MODEL, bundled_models
@@ -301,11 +339,32 @@ def main() -> None:
             # The default path again, on a machine where `mirnet export --format aoti` has run
             # (the aoti rows above built the package): what every later `mirnet enhance` gets.
             expanded += [(model, "default", image, 0, "package built") for model in models]
-        for model, path, photo, tile, run in expanded:
-            out = tmp / f"{model}-{path}-{photo.stem}.npy"
+        outputs = {
+            job: tmp / f"{index}-{job[0]}-{job[1]}-{job[2].stem}.npy" for index, job in enumerate(expanded)
+        }
+        results: dict[tuple, list[dict]] = {job: [] for job in expanded}
+        # Rounds repeat the eager paths at 600x400 only, all of them before any compilation:
+        # a compiled path's second process would find its caches warm, and the aoti rows build
+        # the package that "default (no package)" must not find.
+        repeated = [
+            job
+            for job in expanded
+            if job[1] in REPEATABLE and job[2] == image and job[3] == 0 and job[4] != "package built"
+        ]
+        schedule = [(round_, job) for round_ in range(args.rounds) for job in repeated]
+        schedule += [(0, job) for job in expanded if job not in repeated]
+        for round_, job in schedule:
+            model, path, photo, tile, run = job
             repeats = args.repeats if photo == image else 1
-            print(f"... {model} {path} {run} {photo.name}", file=sys.stderr, flush=True)
-            result = run_child(model, path, photo, repeats, args.device, tile, out)
+            round_note = (
+                f" (round {round_ + 1} of {args.rounds})" if job in repeated and args.rounds > 1 else ""
+            )
+            print(f"... {model} {path} {run} {photo.name}{round_note}", file=sys.stderr, flush=True)
+            results[job].append(run_child(model, path, photo, repeats, args.device, tile, outputs[job]))
+        for job in expanded:
+            model, path, photo, tile, run = job
+            out = outputs[job]
+            result = merged(results[job])
             row = {
                 "model": model,
                 "path": f"{path} ({run})" if run else path,

@@ -1,10 +1,26 @@
 """The CPU inference forms of mirnet.archs.fast_ops compute the plain operations' values."""
 
+from collections import Counter
+
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from mirnet.archs import MODEL_CONFIGS, build_model, fast_ops
+from mirnet.archs.mirnet_arch import DualAttentionUnit
+
+
+class _CallCounter(TorchFunctionMode):
+    """Counts the torch functions called (lerp, cat, bmm): which form ran."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls[getattr(func, "__name__", str(func))] += 1
+        return func(*args, **(kwargs or {}))
 
 
 def _channels_last(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -26,6 +42,21 @@ def test_upsample2x_is_bilinear_interpolation(shape, dtype):
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12 if dtype == torch.float64 else 1e-6)
 
 
+@pytest.mark.parametrize("shape", [(1, 16, 40, 60), (2, 3, 5, 7), (1, 4, 1, 9)])
+def test_spatial_mean_is_the_mean_over_height_and_width(shape):
+    torch.manual_seed(0)
+    x = _channels_last(*shape).abs()
+    expected = x.double().mean(dim=(2, 3), keepdim=True)
+    with torch.no_grad():
+        assert torch.equal(fast_ops.spatial_mean(x), x.mean(dim=(2, 3), keepdim=True))  # fp32: the mean
+        assert fast_ops.applies(x.bfloat16()) or shape[2] == 1  # (1, C, 1, W) is also NCHW
+        got = fast_ops.spatial_mean(x.bfloat16())  # bf16: a product with ones, summed in fp32
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(fast_ops.spatial_mean(x.bfloat16()), got)
+    assert got.dtype == torch.bfloat16 and got.shape == expected.shape
+    torch.testing.assert_close(got.double(), expected, rtol=2**-7, atol=0)
+
+
 def test_they_stay_plain_with_gradients_in_nchw_and_when_switched_off():
     x = _channels_last(1, 4, 6, 8)
     assert not fast_ops.applies(x)  # gradients enabled: training is unchanged
@@ -45,11 +76,47 @@ def test_every_variant_computes_the_same_function_with_them(name, batch):
     torch.manual_seed(0)
     model = build_model(name).eval().to(memory_format=torch.channels_last)
     x = torch.rand(batch, 3, 24, 36).contiguous(memory_format=torch.channels_last)
+    fast_calls, plain_calls = _CallCounter(), _CallCounter()
     with torch.no_grad():
-        fast = model(x)
-        with fast_ops.plain_ops():
+        with fast_calls:
+            fast = model(x)
+        with fast_ops.plain_ops(), plain_calls:
             plain = model(x)
     torch.testing.assert_close(fast, plain, rtol=0, atol=2e-5)
+    # The faster forms did run: lerps for the up-sampling, half the concatenations.
+    assert fast_calls.calls["lerp"] > 0 and plain_calls.calls["lerp"] == 0
+    assert 2 * fast_calls.calls["cat"] == plain_calls.calls["cat"] > 0
+
+
+@pytest.mark.parametrize("name", ["tiny", "small"])
+def test_in_bf16_they_stay_within_rounding_of_the_plain_formulas(name):
+    # What the default CPU path runs: bf16 weights and photo, channels-last, no gradients.
+    torch.manual_seed(0)
+    model = build_model(name).eval().to(torch.bfloat16, memory_format=torch.channels_last)
+    x = torch.rand(1, 3, 24, 36, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    calls = _CallCounter()
+    with torch.no_grad():
+        with calls:
+            fast = model(x).float()
+        with fast_ops.plain_ops():
+            plain = model(x).float()
+    assert calls.calls["bmm"] > 0  # the pooling as a product with ones
+    difference = (fast - plain).abs()
+    assert difference.max() <= 2**-7 and difference.mean() < 2e-3  # a bf16 step near 1
+
+
+def test_the_attention_fusion_stays_plain_where_its_modules_are_hooked():
+    torch.manual_seed(0)
+    unit = DualAttentionUnit(8).eval().to(memory_format=torch.channels_last)
+    x = torch.rand(1, 8, 6, 10).contiguous(memory_format=torch.channels_last)
+    seen = []
+    unit.fuse.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    with torch.no_grad():
+        hooked = unit(x)
+        with fast_ops.plain_ops():
+            plain = unit(x)
+    assert len(seen) == 2  # the hook ran in both calls
+    torch.testing.assert_close(hooked, plain, rtol=0, atol=0)
 
 
 def test_compilers_trace_the_plain_operations_in_one_graph():
@@ -68,3 +135,17 @@ def test_compilers_trace_the_plain_operations_in_one_graph():
     with torch.no_grad():
         exported = torch.export.export(model, (x,))
     assert not [node for node in exported.graph.nodes if "lerp" in str(node.target)]
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_the_attention_fusion_keeps_a_bias(batch):
+    # No registered variant has biases in its units; the faster form must still add them.
+    torch.manual_seed(0)
+    unit = DualAttentionUnit(8, bias=True).eval().to(memory_format=torch.channels_last)
+    assert unit.fuse.bias is not None
+    x = torch.rand(batch, 8, 6, 10).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        fast = unit(x)
+        with fast_ops.plain_ops():
+            plain = unit(x)
+    torch.testing.assert_close(fast, plain, rtol=0, atol=1e-6)

@@ -92,7 +92,7 @@ class GlobalAveragePool(nn.Module):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mean(dim=(2, 3), keepdim=True)
+        return fast_ops.spatial_mean(x)  # x.mean(dim=(2, 3), keepdim=True)
 
 
 class ChannelAttention(nn.Module):
@@ -198,7 +198,7 @@ class DualAttentionUnit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.body(x)
-        if not fast_ops.applies(features):
+        if not fast_ops.applies(features) or self._fuse_replaced_or_hooked():
             attended = torch.cat([self.spatial_attention(features), self.channel_attention(features)], dim=1)
             return x + self.fuse(attended)
         # For CPU inference, the same function without the concatenation (slow along
@@ -215,6 +215,14 @@ class DualAttentionUnit(nn.Module):
         out = x + out
         out += F.conv2d(self.spatial_attention(features), spatial_weight)
         return out
+
+    def _fuse_replaced_or_hooked(self) -> bool:
+        # The faster form calls neither `fuse` nor `channel_attention` as modules: keep the
+        # plain one where a user swapped `fuse` (quantised, pruned) or hooks either of them.
+        return type(self.fuse) is not nn.Conv2d or any(
+            module._forward_hooks or module._forward_pre_hooks
+            for module in (self.fuse, self.channel_attention)
+        )
 
 
 class SelectiveKernelFeatureFusion(nn.Module):
