@@ -75,7 +75,7 @@ def keep_freed_memory() -> bool:
     With glibc's defaults, a block above the mmap threshold (128 KiB, rising on its own up to
     32 MiB) gets fresh pages from the system and gives them back when freed, so each of the
     model's many full-resolution intermediate tensors pays for its pages to be zeroed and
-    mapped again. On this project's 2-core CPU, keeping them made plain fp32 1.13x faster at
+    mapped again. On this project's 2-core CPU, keeping them made plain fp32 1.11-1.17x faster at
     600x400 and 2.69x faster at 1920x1080 (``benchmarks/speed.py``: its plain-fp32 row keeps
     the defaults, its kept-fp32 row does not). The same as starting the process with
     ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647``. The price: the process holds on

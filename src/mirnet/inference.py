@@ -68,7 +68,7 @@ class Enhancer:
             (CPU, fp32; the export is cached, see :func:`mirnet.export.cached_onnx`).
         compile: ``None`` (the default) runs this model's AOTInductor package if ``mirnet
             export --format aoti`` built one for this precision on this machine (it loads in
-            seconds; 1.4x faster than eager in bf16 on CPU), else the eager model: it never
+            seconds; about 1.1x faster than the eager bf16 model on CPU), else the eager model: it never
             compiles. ``True`` also compiles when there is no package: ``torch.compile`` (with
             weight freezing), whose first photo of each new size pays a compilation of about a
             minute, in every process. ``False`` always runs the eager model.
@@ -99,8 +99,8 @@ class Enhancer:
             check_tile(tile, overlap)
         self.device = pick_device(device) if backend == "torch" else torch.device("cpu")
         if precision == "auto":
-            # bf16 where the hardware has it: 1.5-1.7x faster on an AVX-512 bf16 CPU, with outputs
-            # at least 51 dB from fp32 on the 91 LoL-v1 and real_pairs test photos
+            # bf16 where the hardware has it: 1.7-1.9x faster on an AVX-512 bf16 CPU, with outputs
+            # at least 54 dB from fp32 on the 91 LoL-v1 and real_pairs test photos
             # (benchmarks/bf16_fidelity.py).
             precision = "bf16" if backend == "torch" and supports_bf16(self.device) else "fp32"
         if model is None and backend != "onnxruntime":

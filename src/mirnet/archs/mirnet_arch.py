@@ -218,8 +218,11 @@ class DualAttentionUnit(nn.Module):
 
     def _fuse_replaced_or_hooked(self) -> bool:
         # The faster form calls neither `fuse` nor `channel_attention` as modules: keep the
-        # plain one where a user swapped `fuse` (quantised, pruned) or hooks either of them.
-        return type(self.fuse) is not nn.Conv2d or any(
+        # plain one where a user swapped either (quantised, pruned) or hooks either of them.
+        # (Hooks registered for every module, torch.nn.modules.module.register_module_*_hook,
+        # do not see those two calls; values are the same.)
+        replaced = type(self.fuse) is not nn.Conv2d or type(self.channel_attention) is not ChannelAttention
+        return replaced or any(
             module._forward_hooks or module._forward_pre_hooks
             for module in (self.fuse, self.channel_attention)
         )
