@@ -47,7 +47,7 @@ class SourceConfig:
     kind: str  # paired, synthetic or identity
     root: str  # relative paths are relative to the working directory
     weight: float = 1.0  # sampling weight, relative to the other sources'
-    validation: int = 16  # pairs (by scene) or photos held out for validation
+    validation: int = 16  # pairs (by scene) or photos held out for validation; 0: none
     scenes: str | None = None  # paired: a split,name,scene CSV; hold scenes out whole
     split: str = "train"  # paired: the split of the folder to train on
 
@@ -226,7 +226,8 @@ def _source(check: _Checker, index: int, given: Any) -> SourceConfig:
         kind=check.choice(f"{key}.kind", given["kind"], SOURCE_KINDS),
         root=check.text(f"{key}.root", given["root"]),
         weight=check.number(f"{key}.weight", given.get("weight", 1.0), above=0),
-        validation=check.integer(f"{key}.validation", given.get("validation", 16), minimum=1),
+        # 0: no hold-out, for data already split elsewhere (mirnet.training.pack)
+        validation=check.integer(f"{key}.validation", given.get("validation", 16), minimum=0),
         scenes=check.text(f"{key}.scenes", given.get("scenes"), optional=True),
         split=check.choice(f"{key}.split", given.get("split", "train"), ("train", "test")),
     )
