@@ -323,8 +323,11 @@ class Trainer:
                 "data": self.data.summary(),
                 "epochs_trained": self.position["epoch"],
                 "steps_trained": self.position["global_step"],
-                "selected_by": "best validation PSNR"
-                + (" (mean over sources)" if len(self.data.validation) > 1 else ""),
+                "selected_by": (
+                    "best validation PSNR" + (" (mean over sources)" if len(self.data.validation) > 1 else "")
+                    if self.data.validation
+                    else "the last epoch (no validation set)"
+                ),
                 "config": self.config.to_dict(),
                 "command": self.command,
             },

@@ -99,7 +99,12 @@ class RunFolder:
                 "parameters": count_parameters(model),
                 **card,
                 "selected_epoch": position["epoch"],
-                "validation": {"psnr": position["best_psnr"], "epoch": position["best_epoch"]},
+                # None for a run without a validation set (its last epoch is exported)
+                "validation": (
+                    {"psnr": position["best_psnr"], "epoch": position["best_epoch"]}
+                    if position["best_epoch"] > 0
+                    else None
+                ),
                 "mirnet_version": mirnet.__version__,
                 "torch_version": torch.__version__,
             }
