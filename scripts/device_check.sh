@@ -12,7 +12,7 @@
 #   MODEL.bf16-K.safetensors   its weights in bf16, in pieces under 16 MiB: $OUT returns at
 #                              most 8 files of 16 MiB, 64 MiB in all (paper: 61 MiB, 4 pieces).
 # Back here, join the pieces into one fp32 file that mirnet loads (piece 0 holds the card):
-#     python scripts/device_check_join.py OUT/MODEL   (writes OUT/MODEL.safetensors)
+#     python scripts/weight_pieces.py join OUT/MODEL   (writes OUT/MODEL.safetensors)
 # then score it on configs/paper_mix.yaml's validation before anything else.
 # A dry run on a CPU runs every step small: DEVICE=cpu MODEL=nano STEPS=2 SPEED_MODELS=nano.
 set -uo pipefail
@@ -55,34 +55,15 @@ timeout "$SECONDS_TRAIN" torchrun --standalone --nproc_per_node 1 -m mirnet trai
 echo "train: exit $?"
 
 echo "== 3. the weights, in bf16 pieces under 16 MiB"
-python3 - "$MODEL" "$OUT" <<'EOF'
-import sys
-import torch
+python3 - <<'EOF'
 from mirnet.training import Trainer, load_config, parse_config
-from safetensors.torch import load_file, save_file
-from safetensors import safe_open
 
-name, out = sys.argv[1], sys.argv[2]
-run = "/tmp/device-run"
+config = parse_config(load_config("/tmp/device-train.yaml").to_dict())
 try:  # the last checkpoint, also when the time limit stopped training mid-epoch
-    Trainer(parse_config(load_config("/tmp/device-train.yaml").to_dict()), None, run, resume=True, progress=False).export()
+    Trainer(config, None, "/tmp/device-run", resume=True, progress=False).export()
 except Exception as err:  # noqa: BLE001 - report and keep what there is
     print("export:", err)
-weights = load_file(f"{run}/model.safetensors")
-with safe_open(f"{run}/model.safetensors", "pt") as handle:
-    metadata = handle.metadata()
-pieces, piece, size = [], {}, 0
-for key, tensor in weights.items():
-    tensor = tensor.to(torch.bfloat16) if tensor.is_floating_point() else tensor
-    if piece and size + tensor.nbytes > 15.75 * 2**20:  # and a header: under 16 MiB
-        pieces.append(piece)
-        piece, size = {}, 0
-    piece[key] = tensor
-    size += tensor.nbytes
-pieces.append(piece)
-for index, piece in enumerate(pieces):
-    save_file(piece, f"{out}/{name}.bf16-{index}.safetensors", metadata=metadata if index == 0 else None)
-print(f"{len(weights)} tensors in {len(pieces)} pieces")
 EOF
+python3 scripts/weight_pieces.py split /tmp/device-run/model.safetensors "$OUT/$MODEL"
 cat /tmp/device-run/log.csv /tmp/device-run/model.json 2>/dev/null
 date

@@ -60,6 +60,16 @@ def fits(image: torch.Tensor, patch_size: PatchSize) -> bool:
     return image.shape[-2] >= height and image.shape[-1] >= width
 
 
+def random_window(image: torch.Tensor, patch_size: PatchSize, rng: torch.Generator) -> tuple[slice, ...]:
+    """A random ``patch_size`` window of a (C, H, W) image, as its index, drawn from ``rng``
+    (the top row, then the left column)."""
+    patch_h, patch_w = patch_shape(patch_size)
+    h, w = image.shape[1:]
+    top = int(torch.randint(0, h - patch_h + 1, (1,), generator=rng))
+    left = int(torch.randint(0, w - patch_w + 1, (1,), generator=rng))
+    return slice(None), slice(top, top + patch_h), slice(left, left + patch_w)
+
+
 def random_crop_and_flip(
     images: tuple[torch.Tensor, ...], patch_size: PatchSize, rng: torch.Generator, augment: bool = True
 ) -> tuple[torch.Tensor, ...]:
@@ -69,13 +79,10 @@ def random_crop_and_flip(
     A square patch gets one of the 8 flips/rotations; a rectangular one only the 4 that keep
     its shape (flips and the half turn), so that patches stack into batches.
     """
-    patch_h, patch_w = patch_shape(patch_size)
-    h, w = images[0].shape[1:]
-    top = int(torch.randint(0, h - patch_h + 1, (1,), generator=rng))
-    left = int(torch.randint(0, w - patch_w + 1, (1,), generator=rng))
-    window = (slice(None), slice(top, top + patch_h), slice(left, left + patch_w))
+    window = random_window(images[0], patch_size, rng)
     images = tuple(image[window] for image in images)
     if augment:
+        patch_h, patch_w = patch_shape(patch_size)
         mode = int(torch.randint(0, 8 if patch_h == patch_w else 4, (1,), generator=rng))
         images = tuple(dihedral(image, mode) for image in images)
     return images

@@ -28,7 +28,7 @@ from __future__ import annotations
 import io
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from mirnet.data.mixture import Source
 from mirnet.data.pairs import PairedDataError
-from mirnet.data.patches import PatchSize, describe, patch_shape
+from mirnet.data.patches import PatchSize, describe, patch_shape, random_window
 from mirnet.io import atomic_path
 from mirnet.training.config import ExperimentConfig
 from mirnet.training.datasets import mixed_sources
@@ -166,13 +166,12 @@ def pack_crops(
             open_[index] = False  # every image has given its crops
         image_index = orders[index][k % len(orders[index])]
         low, high = source.images[image_index]
-        top = int(torch.randint(0, low.shape[1] - crop_h + 1, (1,), generator=rng))
-        left = int(torch.randint(0, low.shape[2] - crop_w + 1, (1,), generator=rng))
+        window = random_window(low, (crop_h, crop_w), rng)
+        top, left = window[1].start, window[2].start
         image = source.train_names[image_index]
         box = (folders[source.name], image, top, left)
         if box in packed_boxes:
             continue  # the same crop again (a small image has few boxes)
-        window = (slice(None), slice(top, top + crop_h), slice(left, left + crop_w))
         name = f"{image}_{top}_{left}.webp"
         if source.kind == "paired":
             encoded = {
@@ -228,7 +227,7 @@ def pack_crops(
         "max_per_image": max_per_image,
         "crops_per_source": per_source,
         "images_per_source": {source.name: len(source.images) for source in sources},
-        "crops": [crop.__dict__ for crop in crops],
+        "crops": [asdict(crop) for crop in crops],
     }
     with atomic_path(out / "pack.json") as tmp:  # last: its presence marks a finished pack
         tmp.write_text(json.dumps(record, indent=1))
