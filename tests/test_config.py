@@ -50,6 +50,8 @@ BAD_VALUES = [
     ("train", "max_steps", -1, "train.max_steps: must be at least 1"),
     ("train", "checkpoint_every", 0, "train.checkpoint_every: must be at least 1"),
     ("train", "validate_every", 0, "train.validate_every: must be at least 1"),
+    ("train", "ema_decay", 1.0, "train.ema_decay: must be less than 1"),
+    ("train", "ema_decay", -0.5, "train.ema_decay: must be at least 0"),
     ("train", "precision", "fp8", "train.precision: must be one of auto, fp32, bf16, fp16"),
     ("train", "scheduler", "linear", "train.scheduler: must be one of plateau, cosine"),
     ("train", "tensorboard", "yes", "train.tensorboard: must be true or false"),

@@ -56,11 +56,17 @@ def test_smoke_train_resume_export_evaluate(paired_dataset, tmp_path, capsys):
     assert "PSNR" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "fp32-ema"])
 def test_interrupted_and_resumed_run_matches_uninterrupted(paired_dataset, tmp_path, precision):
     # fp16 is the AMP path of a GPU without bf16, on the CPU here: autocast, a GradScaler (whose
-    # state must resume too) and clipping of the unscaled gradient.
-    overrides = {"precision": precision, "grad_clip": 0.01 if precision == "fp16" else None}
+    # state must resume too) and clipping of the unscaled gradient. With a moving average, the
+    # average (what is exported) must resume too.
+    overrides = {
+        "precision": precision.removesuffix("-ema"),
+        "grad_clip": 0.01 if precision == "fp16" else None,
+    }
+    if precision.endswith("-ema"):
+        overrides["ema_decay"] = 0.7
     straight = train(_config(**overrides), paired_dataset, tmp_path / "a", progress=False)
     train(_config(max_steps=5, **overrides), paired_dataset, tmp_path / "b", progress=False)  # mid-epoch 2
     if precision == "fp16":
@@ -177,6 +183,35 @@ def _rows_without_time(log: Path) -> list[dict[str, str]]:
     with open(log, newline="") as handle:
         rows = list(csv.DictReader(handle))
     return [{k: v for k, v in row.items() if k not in {"seconds", "seconds_per_step"}} for row in rows]
+
+
+def test_the_moving_average_of_the_weights_is_validated_and_exported(paired_dataset, tmp_path):
+    decay = 0.6
+    trainer = Trainer(_config(epochs=1, ema_decay=decay), paired_dataset, tmp_path / "run", progress=False)
+    steps = []  # each step's weights, to average here as the formula says
+    trainer.optimizer.register_step_post_hook(
+        lambda *_: steps.append({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+    )
+    weights = trainer.fit()
+    trainer.close()
+    assert len(steps) == 4  # 8 training pairs, batch 2
+    average = dict(steps[0])  # the average starts at the first step's weights
+    for step in steps[1:]:
+        average = {k: decay * average[k] + (1 - decay) * step[k] for k in average}
+    exported, last = load_file(weights), steps[-1]
+    assert exported.keys() == average.keys()
+    for key in exported:
+        assert torch.allclose(exported[key], average[key], atol=1e-6), key
+    assert any(not torch.allclose(exported[k], last[k]) for k in exported)  # not the last step's
+    # The validation score in the card is the average's.
+    card = json.loads((tmp_path / "run" / "model.json").read_text())
+    from mirnet.training.validation import validate
+
+    model = mirnet.build_model("nano")
+    model.load_state_dict(exported)
+    (images,) = trainer.data.validation.values()  # a single-folder run: one set
+    score = validate(model, images, torch.device("cpu"))
+    assert card["validation"]["psnr"] == pytest.approx(score["psnr"], abs=1e-4)
 
 
 def test_fine_tuning_starts_from_the_given_weights(paired_dataset, tmp_path):

@@ -86,6 +86,9 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16/fp16 AMP on CUDA, bf16 on CPUs with native bf16, else fp32
     checkpoint_every: int = 100  # steps between last.pt saves, besides every epoch end
     validate_every: int = 1  # epochs
+    # Validate and export an exponential moving average of the weights, updated after every
+    # step with this decay (0: off, the last step's weights). About 1 / (1 - decay) steps count.
+    ema_decay: float = 0.0
     tensorboard: bool = False
     # Weights to start from instead of a random initialisation (fine-tuning): a bundled model
     # name or a .safetensors file of the same configuration, or of one with fewer groups (grown
@@ -314,6 +317,7 @@ def _train(check: _Checker, given: Any) -> TrainConfig:
         precision=check.choice("train.precision", given["precision"], PRECISIONS),
         checkpoint_every=check.integer("train.checkpoint_every", given["checkpoint_every"], minimum=1),
         validate_every=check.integer("train.validate_every", given["validate_every"], minimum=1),
+        ema_decay=check.number("train.ema_decay", given["ema_decay"], minimum=0, below=1),
         tensorboard=check.boolean("train.tensorboard", given["tensorboard"]),
         init_weights=check.text("train.init_weights", given["init_weights"], optional=True),
     )

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from mirnet.archs import MIRNet
@@ -236,6 +237,13 @@ class Trainer:
             ids = [self.dist.local_rank] if self.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(self.model, device_ids=ids)
         cfg = config.train
+        # The averaged weights are what validation scores and the export writes: at a small
+        # learning rate, one step's weights wander by tenths of a dB from epoch to epoch.
+        self.ema = (
+            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+            if cfg.ema_decay
+            else None
+        )
         self.optimizer = torch.optim.Adam(
             self.model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
         )
@@ -279,6 +287,11 @@ class Trainer:
         if cfg.tensorboard and self.dist.is_main:
             self.folder.open_tensorboard()
 
+    @property
+    def scored_model(self) -> torch.nn.Module:
+        """The network that validation scores and the export writes: the average, if kept."""
+        return self.ema.module if self.ema else self.model
+
     # -- checkpoints -----------------------------------------------------------------------
     def save_checkpoint(self, name: str = "last.pt") -> None:
         """Write a resumable checkpoint atomically (rank 0 only)."""
@@ -288,6 +301,7 @@ class Trainer:
                     "name": self.model_name,
                     "arch": self.arch,
                     "model": self.model.state_dict(),
+                    "ema": self.ema.state_dict() if self.ema else None,
                     "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(),
                     "scaler": self.scaler.state_dict() if self.scaler else None,
@@ -300,6 +314,9 @@ class Trainer:
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         self.model.load_state_dict(checkpoint["model"])
+        # A run that kept no average (ema_decay was 0) starts one from its next step.
+        if self.ema and checkpoint.get("ema") is not None:
+            self.ema.load_state_dict(checkpoint["ema"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         if isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
@@ -365,6 +382,8 @@ class Trainer:
                 "saving. Lower the learning rate or use fp32, and resume from last.pt."
             )
         optimizer_step(loss, self.optimizer, self.scaler, self.config.train.grad_clip)
+        if self.ema:
+            self.ema.update_parameters(self.model)
         return value
 
     def _finish(self) -> Path:
@@ -452,7 +471,9 @@ class Trainer:
         scores, per_source = {"psnr": math.nan, "ssim": math.nan}, {}
         if validate_now:
             if self.dist.is_main:
-                scores, per_source = validate_sets(self.model, self.data.validation, self.device, self.dtype)
+                scores, per_source = validate_sets(
+                    self.scored_model, self.data.validation, self.device, self.dtype
+                )
             scores["psnr"], scores["ssim"] = self.dist.broadcast([scores["psnr"], scores["ssim"]])
         # Every rank steps its scheduler on the same number, so learning rates agree.
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):

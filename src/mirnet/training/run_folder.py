@@ -26,6 +26,16 @@ from mirnet.io import atomic_path
 from mirnet.weights import read_checkpoint, save_weights
 
 
+def exported_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights a checkpoint exports: the moving average (``train.ema_decay``) if the run
+    kept one, else the model's own."""
+    average = checkpoint.get("ema")
+    if average is None:
+        return checkpoint["model"]
+    # AveragedModel's state: the network's under "module.", and its update count.
+    return {key.removeprefix("module."): v for key, v in average.items() if key.startswith("module.")}
+
+
 class RunFolder:
     """Reads and writes the files of one run directory."""
 
@@ -89,7 +99,7 @@ class RunFolder:
         ``card`` plus what the checkpoint and the weights tell (epoch, validation, size)."""
         checkpoint = self.best_checkpoint()
         model = MIRNet(**arch)
-        model.load_state_dict(checkpoint["model"])
+        model.load_state_dict(exported_state(checkpoint))
         weights = save_weights(self.path / "model.safetensors", model, name, arch)
         position = checkpoint["position"]
         self.write_card(
