@@ -75,6 +75,10 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(paired_dataset, tmp_p
         trainer = Trainer(_config(**overrides), paired_dataset, tmp_path / "b", resume=True, progress=False)
         assert trainer.scaler.state_dict() == saved
     resumed = train(_config(**overrides), paired_dataset, tmp_path / "b", resume=True, progress=False)
+    if precision.endswith("-ema"):  # the average itself resumed, whichever epoch was exported
+        ends = [torch.load(tmp_path / run / "last.pt", weights_only=True)["ema"] for run in "ab"]
+        assert ends[0].keys() == ends[1].keys()
+        assert all(torch.equal(ends[0][key], ends[1][key]) for key in ends[0])
     a, b = load_file(straight), load_file(resumed)
     assert a.keys() == b.keys()
     for key in a:
@@ -212,6 +216,19 @@ def test_the_moving_average_of_the_weights_is_validated_and_exported(paired_data
     (images,) = trainer.data.validation.values()  # a single-folder run: one set
     score = validate(model, images, torch.device("cpu"))
     assert card["validation"]["psnr"] == pytest.approx(score["psnr"], abs=1e-4)
+    # Loading best.pt as weights gives the average too, the weights it was chosen on.
+    from mirnet.weights import load_weights
+
+    from_checkpoint, _ = load_weights(tmp_path / "run" / "best.pt")
+    assert all(torch.equal(from_checkpoint.state_dict()[k], exported[k]) for k in exported)
+
+
+def test_a_run_resumed_with_an_average_starts_it_at_its_restored_weights(paired_dataset, tmp_path):
+    train(_config(max_steps=3), paired_dataset, tmp_path / "run", progress=False)  # no average kept
+    trainer = Trainer(_config(ema_decay=0.9), paired_dataset, tmp_path / "run", resume=True, progress=False)
+    restored, average = trainer.model.state_dict(), trainer.scored_model.state_dict()
+    assert all(torch.equal(restored[key], average[key]) for key in restored)
+    trainer.close()
 
 
 def test_fine_tuning_starts_from_the_given_weights(paired_dataset, tmp_path):

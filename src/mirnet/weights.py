@@ -229,6 +229,16 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
     return tensors, metadata
 
 
+def exported_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights a checkpoint exports: the moving average (``train.ema_decay``) if the run
+    kept one, else the model's own."""
+    average = checkpoint.get("ema")
+    if average is None:
+        return checkpoint["model"]
+    # AveragedModel's state: the network's under "module.", and its update count.
+    return {key.removeprefix("module."): v for key, v in average.items() if key.startswith("module.")}
+
+
 def load_weights(path: str | os.PathLike, name: str | None = None) -> tuple[MIRNet, dict[str, Any]]:
     """Build a model from a weights file.
 
@@ -253,7 +263,8 @@ def load_weights(path: str | os.PathLike, name: str | None = None) -> tuple[MIRN
     elif suffix in (".pt", ".pth", ".ckpt"):
         checkpoint = read_checkpoint(path)
         if isinstance(checkpoint, dict) and "model" in checkpoint and "arch" in checkpoint:
-            state, stored_name, arch = checkpoint["model"], checkpoint.get("name"), checkpoint["arch"]
+            # a training checkpoint: the weights its run validated and would export
+            state, stored_name, arch = exported_state(checkpoint), checkpoint.get("name"), checkpoint["arch"]
         elif _official.is_official_checkpoint(checkpoint):  # the authors' .pth (swz30/MIRNet)
             try:
                 arch, state = _official.convert_official(checkpoint)

@@ -314,9 +314,11 @@ class Trainer:
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         self.model.load_state_dict(checkpoint["model"])
-        # A run that kept no average (ema_decay was 0) starts one from its next step.
-        if self.ema and checkpoint.get("ema") is not None:
-            self.ema.load_state_dict(checkpoint["ema"])
+        if self.ema:
+            if checkpoint.get("ema") is not None:
+                self.ema.load_state_dict(checkpoint["ema"])
+            else:  # a run that kept no average starts one at its restored weights
+                self.ema.module.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         if isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):

@@ -2,7 +2,8 @@
 
     RUN/config.yaml        the resolved configuration
     RUN/split.json         which images were trained on and which held out (read back on resume)
-    RUN/last.pt, best.pt   resumable checkpoints (model, optimizer, scheduler, position)
+    RUN/last.pt, best.pt   resumable checkpoints (model, its moving average if kept, optimizer,
+                           scheduler, position)
     RUN/log.csv            one row per epoch; curves.png plots it
     RUN/model.safetensors  the best weights (by validation PSNR), and model.json, its card
 
@@ -23,17 +24,7 @@ import yaml
 import mirnet
 from mirnet.archs import MIRNet, count_parameters
 from mirnet.io import atomic_path
-from mirnet.weights import read_checkpoint, save_weights
-
-
-def exported_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The weights a checkpoint exports: the moving average (``train.ema_decay``) if the run
-    kept one, else the model's own."""
-    average = checkpoint.get("ema")
-    if average is None:
-        return checkpoint["model"]
-    # AveragedModel's state: the network's under "module.", and its update count.
-    return {key.removeprefix("module."): v for key, v in average.items() if key.startswith("module.")}
+from mirnet.weights import exported_state, read_checkpoint, save_weights
 
 
 class RunFolder:
