@@ -20,24 +20,17 @@ import torch
 
 
 class SelfEnsemble(torch.nn.Module):
-    """The mean of ``net`` over the first ``copies`` of the 8 flips and transposes of its input,
-    each output mapped back before averaging."""
+    """``net`` averaged over the first ``copies`` of the 8 flips and transposes of its input, as
+    ``mirnet enhance --self-ensemble`` runs it (:func:`mirnet.inference.average_over_flips`)."""
 
     def __init__(self, net: torch.nn.Module, copies: int):
         super().__init__()
         self.net, self.copies = net, copies
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        total = None
-        for mode in range(self.copies):
-            flips = [dim for bit, dim in ((1, -1), (2, -2)) if mode & bit]
-            y = x.flip(flips) if flips else x
-            y = y.transpose(-1, -2) if mode & 4 else y
-            out = self.net(y).float()
-            out = out.transpose(-1, -2) if mode & 4 else out
-            out = out.flip(flips) if flips else out
-            total = out if total is None else total + out
-        return total / self.copies
+        from mirnet.inference import average_over_flips
+
+        return average_over_flips(self.net, x, self.copies)
 
 
 def main() -> int:

@@ -78,6 +78,19 @@ def test_several_sets_and_models_in_one_command(tmp_path, two_models, capsys):
     assert summary.count("| method |") == 4 and "well-exposed" in summary
 
 
+def test_a_self_ensemble_is_scored_under_its_own_label(tmp_path, two_models):
+    pairs = make_pairs(tmp_path / "pairs", "test", 2)
+    out = tmp_path / "eval"
+    args = ["evaluate", "--weights", str(two_models[0]), "--data", str(pairs), "--no-classical"]
+    assert main([*args, "--self-ensemble", "2", "--out", str(out), "-q"]) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert list(report["mean"]) == ["MIRNet nano x2"]
+    assert report["meta"]["models"][0]["self_ensemble"] == 2
+    assert main([*args, "--out", str(tmp_path / "plain"), "-q"]) == 0
+    plain = json.loads((tmp_path / "plain" / "results.json").read_text())["mean"]["MIRNet nano"]
+    assert plain["psnr"] != report["mean"]["MIRNet nano x2"]["psnr"]
+
+
 def test_nothing_to_score_is_one_line(tmp_path, capsys):
     assert main(["evaluate", "--classical-only", "--out", str(tmp_path / "e")]) == 1
     (line,) = capsys.readouterr().err.strip().splitlines()

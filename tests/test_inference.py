@@ -106,6 +106,84 @@ def test_tiled_output_agrees_with_whole_photo(default_model, sample, tile, least
     assert psnr(tiled, whole) >= least
 
 
+def _dihedral_mean(run, photo: torch.Tensor, copies: int) -> torch.Tensor:
+    """The self-ensemble written independently: rotations and mirror images, each undone."""
+    views = {
+        2: [(0, False), (0, True)],  # the photo and its left-right mirror image
+        4: [(0, False), (0, True), (2, False), (2, True)],  # + upside down, and rotated 180
+        8: [(k, mirror) for k in range(4) for mirror in (False, True)],  # every rotation, both ways
+    }[copies]
+    total = torch.zeros_like(photo)
+    for turns, mirror in views:
+        view = photo.flip(-1) if mirror else photo
+        out = torch.rot90(run(torch.rot90(view, turns, (-2, -1))), -turns, (-2, -1))
+        total += out.flip(-1) if mirror else out
+    return total / len(views)
+
+
+@pytest.mark.parametrize("copies", [2, 4, 8])
+def test_a_self_ensemble_is_the_mean_over_flipped_and_rotated_copies(default_model, copies):
+    photo = read_image(SAMPLES[0])[:, :48, :80]  # not square: transposed copies change shape
+    single = Enhancer(default_model.model, default_model.info, precision="fp32")
+    ensemble = Enhancer(default_model.model, default_model.info, precision="fp32", self_ensemble=copies)
+    expected = _dihedral_mean(single.enhance_tensor, photo, copies)
+    torch.testing.assert_close(ensemble.enhance_tensor(photo), expected, atol=1e-5, rtol=0)
+    assert (ensemble.enhance_tensor(photo) - single.enhance_tensor(photo)).abs().max() > 1e-3
+    # per call, too; and a batch is the same as its photos one by one
+    torch.testing.assert_close(
+        single.enhance_tensor(photo, self_ensemble=copies), expected, atol=1e-5, rtol=0
+    )
+    batch = torch.stack([photo, photo.flip(-2)])
+    torch.testing.assert_close(
+        ensemble.enhance_tensor(batch)[1], ensemble.enhance_tensor(photo.flip(-2)), atol=1e-5, rtol=0
+    )
+
+
+def test_a_self_ensemble_in_tiles_reports_progress_over_every_copy(default_model):
+    photo = read_image(SAMPLES[0])[:, :96, :128]
+    model, info = default_model.model, default_model.info
+    tiled = Enhancer(model, info, precision="fp32", tile=64, overlap=16, self_ensemble=4)
+    calls = []
+    out = tiled.enhance_tensor(photo, progress=lambda done, total: calls.append((done, total)))
+    one_copy = Enhancer(model, info, precision="fp32", tile=64, overlap=16)
+    torch.testing.assert_close(out, _dihedral_mean(one_copy.enhance_tensor, photo, 4), atol=1e-5, rtol=0)
+    assert tiled.last_tile == 64
+    # 2 x 3 tiles, each visited twice (statistics, then output): 12 steps a copy, one total
+    assert calls == [(done, 48) for done in range(1, 49)]
+    whole = Enhancer(model, info, precision="fp32", self_ensemble=4)
+    whole_calls = []
+    whole.enhance_tensor(photo, progress=lambda done, total: whole_calls.append((done, total)))
+    assert whole_calls == [(1, 4), (2, 4), (3, 4), (4, 4)]  # after each copy: a server can cancel
+
+
+@pytest.mark.parametrize("copies", [0, 3, 16])
+def test_a_self_ensemble_takes_1_2_4_or_8_copies(default_model, copies):
+    with pytest.raises(mirnet.device.OptionError, match="1, 2, 4 or 8"):
+        Enhancer(default_model.model, default_model.info, self_ensemble=copies)
+    with pytest.raises(mirnet.device.OptionError, match="1, 2, 4 or 8"):
+        default_model.enhance_tensor(torch.rand(3, 8, 8), self_ensemble=copies)
+
+
+def test_a_weights_file_carries_its_self_ensemble(default_model, tmp_path, capsys):
+    from mirnet.weights import save_weights
+
+    path = save_weights(
+        tmp_path / "q.safetensors", default_model.model, "q", default_model.info["arch"], self_ensemble=4
+    )
+    assert mirnet.load_model(path).self_ensemble == 4
+    assert mirnet.load_model(path, self_ensemble=1).self_ensemble == 1  # the caller decides
+    assert mirnet.load_model(path, backend="onnxruntime", precision="fp32").self_ensemble == 4
+    assert default_model.self_ensemble == 1
+    photo = tmp_path / "dark.png"
+    Image.fromarray((np.random.default_rng(0).random((24, 32, 3)) * 60).astype(np.uint8)).save(photo)
+    assert main(["enhance", str(photo), "-o", str(tmp_path / "out"), "--weights", str(path), "-q"]) == 0
+    assert main(["export", "--weights", str(path), str(tmp_path / "q.onnx")]) == 0
+    assert "holds one pass of the network; q.safetensors averages 4 flipped copies" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["enhance", str(photo), "--self-ensemble", "3"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
 def test_bf16_path_stays_close_to_fp32(default_model):
     # Against an fp32 Enhancer: the default is itself bf16 where the CPU has it.
     photo = read_image(SAMPLES[0])

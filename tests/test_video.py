@@ -167,6 +167,19 @@ def test_large_frames_in_tiles_are_smoothed_too(enhancer):
     assert (out[1:] - alone[1:]).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.5])
+def test_videos_run_one_copy_of_a_self_ensemble_and_say_so(enhancer, smoothing):
+    from mirnet.inference import Enhancer
+
+    quality = Enhancer(enhancer.model, enhancer.info, device="cpu", precision="fp32", self_ensemble=8)
+    frames = torch.from_numpy(synthetic_frames(4)).permute(0, 3, 1, 2).float() / 255
+    with pytest.warns(UserWarning, match="once per frame: its self-ensemble of 8 copies is for photos"):
+        with FrameEnhancer(quality, fps=FPS, smoothing=smoothing) as once:
+            out = once(frames)
+    with FrameEnhancer(enhancer, fps=FPS, smoothing=smoothing) as plain:
+        torch.testing.assert_close(out, plain(frames), atol=1e-5, rtol=0)
+
+
 def test_scene_cut_detector_ignores_flashes_but_not_cuts():
     frames = torch.from_numpy(synthetic_frames()).permute(0, 3, 1, 2).float() / 255
     detector = SceneCutDetector()

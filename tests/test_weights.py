@@ -191,6 +191,16 @@ def test_saved_weights_are_readable_by_others(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p != path]  # no temporary left behind
 
 
+@pytest.mark.parametrize("copies", ["3", "eight", ""])
+def test_a_stored_self_ensemble_other_than_1_2_4_or_8_is_refused(tmp_path, copies):
+    path = save_weights(tmp_path / "w.safetensors", mirnet.build_model("nano"), "nano", arch_config("nano"))
+    tensors = {k: v for k, v in mirnet.build_model("nano").state_dict().items()}
+    metadata = {"format": "pt", "mirnet.name": "nano", "mirnet.arch": json.dumps(arch_config("nano"))}
+    save_file(tensors, str(path), metadata={**metadata, "mirnet.self_ensemble": copies})
+    with pytest.raises(WeightsError, match="self-ensemble .* is not 1, 2, 4 or 8"):
+        load_weights(path)
+
+
 def test_missing_and_unknown_weights_files(tmp_path):
     with pytest.raises(WeightsError, match="no such weights file"):
         load_weights(tmp_path / "nope.safetensors")

@@ -32,6 +32,8 @@ from mirnet.tiling import (
 from mirnet.weights import WeightsError, load_weights, resolve_weights
 
 PRECISIONS = ("auto", "fp32", "bf16")
+# How many of the 8 flips and transposes of a photo a self-ensemble averages (average_over_flips).
+SELF_ENSEMBLE_COPIES = (1, 2, 4, 8)
 
 if TYPE_CHECKING:
     from mirnet.video import VideoSummary
@@ -48,6 +50,40 @@ def _out_of_memory(err: BaseException) -> bool:
     """Whether ``err`` is an allocation failure rather than a bug."""
     message = str(err)
     return isinstance(err, torch.OutOfMemoryError) or any(m in message for m in _OUT_OF_MEMORY_MESSAGES)
+
+
+def _flip_transpose(image: torch.Tensor, copy: int, inverse: bool = False) -> torch.Tensor:
+    """The ``copy``-th of the 8 flips and transposes of ``image`` (bit 0: left-right, bit 1:
+    up-down, bit 2: transposed), or with ``inverse`` the map back from it."""
+    flips = [dim for bit, dim in ((1, -1), (2, -2)) if copy & bit]
+    if not inverse and flips:
+        image = image.flip(flips)
+    if copy & 4:
+        image = image.transpose(-1, -2)
+    if inverse and flips:
+        image = image.flip(flips)
+    return image
+
+
+def average_over_flips(
+    run: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, copies: int
+) -> torch.Tensor:
+    """The mean of ``run`` over the first ``copies`` of the 8 flips and transposes of
+    ``images`` (..., H, W), each output mapped back first: the geometric self-ensemble of
+    Timofte et al. (CVPR 2016) and EDSR (Lim et al., CVPRW 2017). The order is the identity,
+    the left-right flip, the up-down flip, both, then the same four transposed, so 2 copies
+    are the identity and its mirror image.
+
+    The network is not flip- or transpose-invariant, so its errors differ between copies and
+    partly cancel in the mean; the cost is ``copies`` runs.
+    """
+    if copies not in SELF_ENSEMBLE_COPIES:
+        raise OptionError(f"a self-ensemble takes 1, 2, 4 or 8 copies, not {copies}")
+    total = None
+    for copy in range(copies):
+        out = _flip_transpose(run(_flip_transpose(images, copy)).float(), copy, inverse=True)
+        total = out if total is None else total + out
+    return total if copies == 1 else total / copies
 
 
 class Enhancer:
@@ -74,6 +110,10 @@ class Enhancer:
             minute, in every process. ``False`` always runs the eager model.
         channels_last: run the torch backend in channels-last memory layout (the default;
             about 1.4x faster on CPU). ``False`` is plain PyTorch, the benchmarks' baseline.
+        self_ensemble: average each photo's result over this many of its flips and transposes
+            (1, 2, 4 or 8; :func:`average_over_flips`): that many times the work, for a cleaner
+            result; the bundled ``quality`` model uses 8. Applies to photos on every backend
+            and path; videos run one copy (see :meth:`enhance_video`).
 
     Tiled photos run through the eager model whatever the backend, because only it can be
     given the photo-wide attention statistics (see :class:`mirnet.tiling.GlobalContext`).
@@ -90,7 +130,10 @@ class Enhancer:
         backend: str = "torch",
         compile: bool | None = None,
         channels_last: bool = True,
+        self_ensemble: int = 1,
     ):
+        if self_ensemble not in SELF_ENSEMBLE_COPIES:
+            raise OptionError(f"self_ensemble takes 1, 2, 4 or 8 copies, not {self_ensemble!r}")
         if precision not in PRECISIONS:
             raise OptionError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         if backend not in ("torch", "onnxruntime"):
@@ -111,6 +154,7 @@ class Enhancer:
         self.tile = tile
         self.overlap = overlap
         self.backend = backend
+        self.self_ensemble = self_ensemble
         self.compiled = bool(compile) and backend == "torch"
         # The tile size the last photo ran with (0 = whole), for benchmarks and reports.
         self.last_tile: int | None = None
@@ -184,20 +228,51 @@ class Enhancer:
 
     @torch.inference_mode()
     def enhance_tensor(
-        self, image: torch.Tensor, progress: Callable[[int, int], None] | None = None
+        self,
+        image: torch.Tensor,
+        progress: Callable[[int, int], None] | None = None,
+        self_ensemble: int | None = None,
     ) -> torch.Tensor:
-        """Enhance a (3, H, W) or (N, 3, H, W) float tensor in [0, 1]; same shape back, on CPU."""
+        """Enhance a (3, H, W) or (N, 3, H, W) float tensor in [0, 1]; same shape back, on CPU.
+
+        ``progress(done, total)`` is called after each tile, and after each copy of a
+        self-ensemble; ``self_ensemble`` overrides this enhancer's number of copies.
+        """
         single = image.dim() == 3
         batch = image.unsqueeze(0) if single else image
         if batch.dim() != 4 or batch.shape[1] != 3:
             raise ValueError(f"expected a (3, H, W) or (N, 3, H, W) tensor, got {tuple(image.shape)}")
         batch = batch.float()
+        copies = self.self_ensemble if self_ensemble is None else self_ensemble
+        if copies == 1:
+            out = self._enhance_batch(batch, progress)
+        else:
+            done_copies = 0
+
+            def tile_progress(done: int, total: int) -> None:
+                progress(done_copies * total + done, copies * total)
+
+            def run_copy(flipped: torch.Tensor) -> torch.Tensor:
+                nonlocal done_copies
+                result = self._enhance_batch(flipped, tile_progress if progress else None)
+                done_copies += 1
+                if progress is not None and not self.last_tile:
+                    progress(done_copies, copies)
+                return result
+
+            out = average_over_flips(run_copy, batch, copies)
+        return out[0] if single else out
+
+    def _enhance_batch(
+        self, batch: torch.Tensor, progress: Callable[[int, int], None] | None
+    ) -> torch.Tensor:
+        """One pass over an (N, 3, H, W) batch: whole, or tiled when it does not fit."""
         tile = self.tile_for(*batch.shape[-2:], images=len(batch))
         if not tile:
             try:
                 out = self._forward(batch).cpu()
                 self.last_tile = 0
-                return out[0] if single else out
+                return out
             except RuntimeError as err:  # torch.OutOfMemoryError is one
                 # The estimate was wrong for this device, or memory went to something else:
                 # tiles need a fraction of it. Only when mirnet chose; --tile 0 means whole.
@@ -208,7 +283,7 @@ class Enhancer:
             tile = DEFAULT_TILE
         out = torch.cat([self._enhance_tiled(b[None], tile, progress) for b in batch])
         self.last_tile = tile
-        return out[0] if single else out
+        return out
 
     def _enhance_tiled(self, image: torch.Tensor, tile: int, progress) -> torch.Tensor:
         if self.model is None:
@@ -270,6 +345,7 @@ def load_model(
     backend: str = "torch",
     compile: bool | None = None,
     fast: bool = False,
+    self_ensemble: int | None = None,
 ) -> Enhancer:
     """Load a bundled model by name (``None``: the default) or a weights file by path.
 
@@ -278,8 +354,9 @@ def load_model(
     (benchmarks/speed.py) for the torch backend: compiled, in bf16 where the hardware has it
     (output at least 40 dB from the fp32 reference, tested); the onnxruntime backend ignores
     it. With neither, the model runs as this machine's AOTInductor package if ``mirnet export
-    --format aoti`` built one, else eagerly (``compile=None``; ``False`` for always eager). See
-    :class:`Enhancer` for the other arguments.
+    --format aoti`` built one, else eagerly (``compile=None``; ``False`` for always eager).
+    ``self_ensemble`` (copies averaged per photo) defaults to what the weights file asks for
+    (8 for the bundled ``quality`` model), else 1. See :class:`Enhancer` for the other arguments.
 
     >>> enhancer = mirnet.load_model()
     >>> bright = enhancer.enhance(PIL.Image.open("dark.jpg"))
@@ -304,4 +381,5 @@ def load_model(
         overlap=overlap,
         backend=backend,
         compile=compile,
+        self_ensemble=info.get("self_ensemble", 1) if self_ensemble is None else self_ensemble,
     )

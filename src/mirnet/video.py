@@ -264,6 +264,14 @@ class FrameEnhancer:
                 "enhancing each frame on its own (it may flicker)",
                 stacklevel=2,
             )
+        if getattr(enhancer, "self_ensemble", 1) > 1:
+            # The temporal state follows one pass per frame, and 8 passes a frame would make a
+            # video 8 times slower: videos run the network once, as the default model does.
+            warnings.warn(
+                f"videos run the model once per frame: its self-ensemble of {enhancer.self_ensemble} "
+                "copies is for photos",
+                stacklevel=2,
+            )
         self.keep = math.exp(-1.0 / (smoothing * fps)) if self.smoothed else 0.0
         self.compiled = bool(getattr(enhancer, "compiled", False))
         self.batch_shape: tuple[int, ...] | None = None
@@ -317,7 +325,7 @@ class FrameEnhancer:
         self.scene_cuts += sum(cuts)
         if not self.smoothed:
             padded, count = self._pad(frames)
-            return self.enhancer.enhance_tensor(padded)[:count]
+            return self.enhancer.enhance_tensor(padded, self_ensemble=1)[:count]
         enhancer = self.enhancer
         if self._tile is None:
             self._tile = enhancer.tile_for(*frames.shape[-2:], images=len(frames))

@@ -68,14 +68,19 @@ def save_weights(
     name: str,
     arch: dict[str, Any],
     card: dict[str, Any] | None = None,
+    self_ensemble: int = 1,
 ) -> Path:
     """Write a model's weights and configuration to a safetensors file, atomically; ``card``
-    (where the weights come from, their licence...) is stored too, as ``mirnet.card``."""
+    (where the weights come from, their licence...) is stored too, as ``mirnet.card``, and a
+    ``self_ensemble`` above 1 (the copies each photo is averaged over when these weights are
+    loaded; :func:`mirnet.inference.average_over_flips`) as ``mirnet.self_ensemble``."""
     path = Path(path)
     tensors = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
     metadata = {"format": "pt", "mirnet.name": name, "mirnet.arch": json.dumps(arch, sort_keys=True)}
     if card is not None:
         metadata["mirnet.card"] = json.dumps(card, sort_keys=True)
+    if self_ensemble != 1:
+        metadata["mirnet.self_ensemble"] = str(self_ensemble)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return path
@@ -249,10 +254,12 @@ def load_weights(path: str | os.PathLike, name: str | None = None) -> tuple[MIRN
     ``official`` configuration (:mod:`mirnet.archs.official`), with a hint to convert once.
 
     Returns:
-        (model in eval mode, info) where info has ``name`` and ``arch``.
+        (model in eval mode, info) where info has ``name`` and ``arch``, and ``self_ensemble``
+        when the file asks for one (the bundled ``quality`` model: 8).
     """
     path = Path(path)
     suffix = path.suffix.lower()
+    extra: dict[str, Any] = {}
     if suffix == ".safetensors":
         state, metadata = read_safetensors(path)
         stored_name = metadata.get("mirnet.name")
@@ -260,6 +267,11 @@ def load_weights(path: str | os.PathLike, name: str | None = None) -> tuple[MIRN
             arch = json.loads(metadata["mirnet.arch"]) if "mirnet.arch" in metadata else None
         except ValueError as err:
             raise WeightsError(f"{path}: its stored configuration is not valid JSON ({err})") from None
+        if "mirnet.self_ensemble" in metadata:
+            copies = metadata["mirnet.self_ensemble"]
+            if copies not in ("1", "2", "4", "8"):
+                raise WeightsError(f"{path}: stored self-ensemble {copies!r} is not 1, 2, 4 or 8 copies")
+            extra["self_ensemble"] = int(copies)
     elif suffix in (".pt", ".pth", ".ckpt"):
         checkpoint = read_checkpoint(path)
         if isinstance(checkpoint, dict) and "model" in checkpoint and "arch" in checkpoint:
@@ -289,4 +301,4 @@ def load_weights(path: str | os.PathLike, name: str | None = None) -> tuple[MIRN
         raise WeightsError(f"{path}: carries no configuration; name one ({_guess_configuration(state)})")
     check_arch(arch, state, str(path))  # before anything is allocated for the model
     model = load_state_into(MIRNet(**arch), state, str(path))
-    return model.eval(), {"name": stored_name or "custom", "arch": arch}
+    return model.eval(), {"name": stored_name or "custom", "arch": arch, **extra}
