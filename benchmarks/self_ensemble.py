@@ -20,8 +20,9 @@ import torch
 
 
 class SelfEnsemble(torch.nn.Module):
-    """``net`` averaged over the first ``copies`` of the 8 flips and transposes of its input, as
-    ``mirnet enhance --self-ensemble`` runs it (:func:`mirnet.inference.average_over_flips`)."""
+    """``net`` averaged over the first ``copies`` of the 8 flips and transposes of its input
+    (:func:`mirnet.inference.average_over_flips`, which ``mirnet enhance --self-ensemble``
+    runs too, there on outputs clamped to [0, 1] one by one)."""
 
     def __init__(self, net: torch.nn.Module, copies: int):
         super().__init__()

@@ -14,7 +14,7 @@ photo (stored in the file; the bundled ``quality`` model), with the validation s
 
     python scripts/ship_model.py experiments/general_tiny_wide quality --self-ensemble 8 \
         --self-ensemble-json benchmarks/results/self-ensemble-cpu.json \
-        --evaluation experiments/general_tiny_wide/evaluation_x8 --label "MIRNet tiny x8"
+        --evaluation experiments/general_tiny_wide/evaluation_x8 --label "MIRNet quality x8"
 """
 
 from __future__ import annotations

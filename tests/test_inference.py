@@ -142,18 +142,36 @@ def test_a_self_ensemble_is_the_mean_over_flipped_and_rotated_copies(default_mod
 def test_a_self_ensemble_in_tiles_reports_progress_over_every_copy(default_model):
     photo = read_image(SAMPLES[0])[:, :96, :128]
     model, info = default_model.model, default_model.info
-    tiled = Enhancer(model, info, precision="fp32", tile=64, overlap=16, self_ensemble=4)
+    tiled = Enhancer(model, info, precision="fp32", tile=64, overlap=16, self_ensemble=8)
     calls = []
     out = tiled.enhance_tensor(photo, progress=lambda done, total: calls.append((done, total)))
     one_copy = Enhancer(model, info, precision="fp32", tile=64, overlap=16)
-    torch.testing.assert_close(out, _dihedral_mean(one_copy.enhance_tensor, photo, 4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out, _dihedral_mean(one_copy.enhance_tensor, photo, 8), atol=1e-5, rtol=0)
     assert tiled.last_tile == 64
-    # 2 x 3 tiles, each visited twice (statistics, then output): 12 steps a copy, one total
-    assert calls == [(done, 48) for done in range(1, 49)]
+    # 2 x 3 tiles (3 x 2 transposed), each visited twice (statistics, then output): 12 steps a
+    # copy, one total
+    assert calls == [(done, 96) for done in range(1, 97)]
     whole = Enhancer(model, info, precision="fp32", self_ensemble=4)
     whole_calls = []
     whole.enhance_tensor(photo, progress=lambda done, total: whole_calls.append((done, total)))
     assert whole_calls == [(1, 4), (2, 4), (3, 4), (4, 4)]  # after each copy: a server can cancel
+
+
+def test_a_self_ensemble_that_runs_out_of_memory_whole_tiles_every_copy(default_model, monkeypatch):
+    ensemble = Enhancer(default_model.model, default_model.info, precision="fp32", self_ensemble=8)
+    whole_attempts = []
+    forward = ensemble._forward
+
+    def short_of_memory(batch, run=None):
+        if run is None:  # a whole-photo pass (tiles run the eager model by name)
+            whole_attempts.append(batch.shape)
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+        return forward(batch, run)
+
+    monkeypatch.setattr(ensemble, "_forward", short_of_memory)
+    out = ensemble.enhance_tensor(read_image(SAMPLES[0])[:, :48, :64])
+    assert len(whole_attempts) == 1 and ensemble.last_tile == DEFAULT_TILE  # not once per copy
+    assert out.shape == (3, 48, 64) and torch.isfinite(out).all()
 
 
 @pytest.mark.parametrize("copies", [0, 3, 16])
@@ -172,7 +190,10 @@ def test_a_weights_file_carries_its_self_ensemble(default_model, tmp_path, capsy
     )
     assert mirnet.load_model(path).self_ensemble == 4
     assert mirnet.load_model(path, self_ensemble=1).self_ensemble == 1  # the caller decides
-    assert mirnet.load_model(path, backend="onnxruntime", precision="fp32").self_ensemble == 4
+    runtime = mirnet.load_model(path, backend="onnxruntime", precision="fp32")
+    image = read_image(SAMPLES[0])[:, :40, :56]
+    expected = _dihedral_mean(lambda x: runtime.enhance_tensor(x, self_ensemble=1), image, 4)
+    torch.testing.assert_close(runtime.enhance_tensor(image), expected, atol=1e-5, rtol=0)
     assert default_model.self_ensemble == 1
     photo = tmp_path / "dark.png"
     Image.fromarray((np.random.default_rng(0).random((24, 32, 3)) * 60).astype(np.uint8)).save(photo)

@@ -199,6 +199,8 @@ def test_a_stored_self_ensemble_other_than_1_2_4_or_8_is_refused(tmp_path, copie
     save_file(tensors, str(path), metadata={**metadata, "mirnet.self_ensemble": copies})
     with pytest.raises(WeightsError, match="self-ensemble .* is not 1, 2, 4 or 8"):
         load_weights(path)
+    with pytest.raises(WeightsError, match="1, 2, 4 or 8 copies, not 3"):  # nor written
+        save_weights(path, mirnet.build_model("nano"), "nano", arch_config("nano"), self_ensemble=3)
 
 
 def test_missing_and_unknown_weights_files(tmp_path):

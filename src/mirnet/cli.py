@@ -11,10 +11,11 @@ import warnings
 from pathlib import Path
 
 import mirnet
-from mirnet.inference import PRECISIONS, SELF_ENSEMBLE_COPIES
+from mirnet.inference import PRECISIONS
 from mirnet.options import integer, number
 from mirnet.serve import add_serve_parser
 from mirnet.video import DEFAULT_QUALITY, DEFAULT_SMOOTHING
+from mirnet.weights import SELF_ENSEMBLE_COPIES
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -29,11 +29,9 @@ from mirnet.tiling import (
     check_tile,
     enhance_tiled,
 )
-from mirnet.weights import WeightsError, load_weights, resolve_weights
+from mirnet.weights import SELF_ENSEMBLE_COPIES, WeightsError, load_weights, resolve_weights
 
 PRECISIONS = ("auto", "fp32", "bf16")
-# How many of the 8 flips and transposes of a photo a self-ensemble averages (average_over_flips).
-SELF_ENSEMBLE_COPIES = (1, 2, 4, 8)
 
 if TYPE_CHECKING:
     from mirnet.video import VideoSummary
@@ -113,7 +111,7 @@ class Enhancer:
         self_ensemble: average each photo's result over this many of its flips and transposes
             (1, 2, 4 or 8; :func:`average_over_flips`): that many times the work, for a cleaner
             result; the bundled ``quality`` model uses 8. Applies to photos on every backend
-            and path; videos run one copy (see :meth:`enhance_video`).
+            and path; videos run one copy (:class:`mirnet.video.FrameEnhancer`).
 
     Tiled photos run through the eager model whatever the backend, because only it can be
     given the photo-wide attention statistics (see :class:`mirnet.tiling.GlobalContext`).
@@ -235,8 +233,9 @@ class Enhancer:
     ) -> torch.Tensor:
         """Enhance a (3, H, W) or (N, 3, H, W) float tensor in [0, 1]; same shape back, on CPU.
 
-        ``progress(done, total)`` is called after each tile, and after each copy of a
-        self-ensemble; ``self_ensemble`` overrides this enhancer's number of copies.
+        ``progress(done, total)`` is called after each tile, or after each copy of a
+        self-ensemble of whole photos (its copies are counted in the total); ``self_ensemble``
+        overrides this enhancer's number of copies.
         """
         single = image.dim() == 3
         batch = image.unsqueeze(0) if single else image
@@ -247,27 +246,33 @@ class Enhancer:
         if copies == 1:
             out = self._enhance_batch(batch, progress)
         else:
-            done_copies = 0
+            done_copies, tiled = 0, 0
 
             def tile_progress(done: int, total: int) -> None:
                 progress(done_copies * total + done, copies * total)
 
             def run_copy(flipped: torch.Tensor) -> torch.Tensor:
-                nonlocal done_copies
-                result = self._enhance_batch(flipped, tile_progress if progress else None)
+                nonlocal done_copies, tiled
+                # Once a copy has needed tiles (estimated, or after running out of memory),
+                # the others take them at once rather than fail whole again.
+                result = self._enhance_batch(flipped, tile_progress if progress else None, tiled or None)
+                tiled = tiled or self.last_tile
                 done_copies += 1
                 if progress is not None and not self.last_tile:
                     progress(done_copies, copies)
                 return result
 
             out = average_over_flips(run_copy, batch, copies)
+            self.last_tile = tiled
         return out[0] if single else out
 
     def _enhance_batch(
-        self, batch: torch.Tensor, progress: Callable[[int, int], None] | None
+        self, batch: torch.Tensor, progress: Callable[[int, int], None] | None, tile: int | None = None
     ) -> torch.Tensor:
-        """One pass over an (N, 3, H, W) batch: whole, or tiled when it does not fit."""
-        tile = self.tile_for(*batch.shape[-2:], images=len(batch))
+        """One pass over an (N, 3, H, W) batch: whole, or tiled (``tile``, or when it does not
+        fit)."""
+        if tile is None:
+            tile = self.tile_for(*batch.shape[-2:], images=len(batch))
         if not tile:
             try:
                 out = self._forward(batch).cpu()

@@ -102,7 +102,7 @@ class Admission:
       and wait in order until it fits: decoded photos in memory are bounded by the budget,
       not by the number of requests (six 23-megapixel uploads decode one at a time).
     * Each admitted request has a cancel event, set when its client disconnects or the
-      server stops; workers check it between stages and between tiles.
+      server stops; workers check it between stages, tiles and self-ensemble copies.
 
     Used from the event loop only (``stop`` also from a signal handler on the same thread).
     """
@@ -251,7 +251,8 @@ class ModelRegistry:
         """Enhance a (3, H, W) tensor with a model, loading it first if needed. Blocking.
 
         Raises :class:`Cancelled` when ``cancel`` is set while waiting for the model or
-        between tiles (a photo enhanced in one pass runs to its end).
+        between tiles and between the copies of a self-ensemble (a photo enhanced in one pass
+        runs to its end).
         """
         lock = self._locks[name]
         while not lock.acquire(timeout=DISCONNECT_POLL_SECONDS):

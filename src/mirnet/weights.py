@@ -28,6 +28,9 @@ from mirnet.archs import official as _official
 from mirnet.io import atomic_path
 
 DEFAULT_MODEL = "tiny"
+# How many of the 8 flips and transposes of a photo a self-ensemble may average
+# (mirnet.inference.average_over_flips); a weights file may ask for one (mirnet.self_ensemble).
+SELF_ENSEMBLE_COPIES = (1, 2, 4, 8)
 
 
 class WeightsError(ValueError):
@@ -74,6 +77,8 @@ def save_weights(
     (where the weights come from, their licence...) is stored too, as ``mirnet.card``, and a
     ``self_ensemble`` above 1 (the copies each photo is averaged over when these weights are
     loaded; :func:`mirnet.inference.average_over_flips`) as ``mirnet.self_ensemble``."""
+    if self_ensemble not in SELF_ENSEMBLE_COPIES:
+        raise WeightsError(f"a self-ensemble takes 1, 2, 4 or 8 copies, not {self_ensemble!r}")
     path = Path(path)
     tensors = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
     metadata = {"format": "pt", "mirnet.name": name, "mirnet.arch": json.dumps(arch, sort_keys=True)}
@@ -269,7 +274,7 @@ def load_weights(path: str | os.PathLike, name: str | None = None) -> tuple[MIRN
             raise WeightsError(f"{path}: its stored configuration is not valid JSON ({err})") from None
         if "mirnet.self_ensemble" in metadata:
             copies = metadata["mirnet.self_ensemble"]
-            if copies not in ("1", "2", "4", "8"):
+            if copies not in [str(n) for n in SELF_ENSEMBLE_COPIES]:
                 raise WeightsError(f"{path}: stored self-ensemble {copies!r} is not 1, 2, 4 or 8 copies")
             extra["self_ensemble"] = int(copies)
     elif suffix in (".pt", ".pth", ".ckpt"):
