@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from mirnet.inference import average_over_flips
+
 
 class SelfEnsemble(torch.nn.Module):
     """``net`` averaged over the first ``copies`` of the 8 flips and transposes of its input
@@ -29,8 +31,6 @@ class SelfEnsemble(torch.nn.Module):
         self.net, self.copies = net, copies
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from mirnet.inference import average_over_flips
-
         return average_over_flips(self.net, x, self.copies)
 
 

@@ -66,13 +66,11 @@ def main() -> None:
         if not args.self_ensemble_json:
             raise SystemExit("--self-ensemble needs --self-ensemble-json: the validation that chose it")
         rows = json.loads(args.self_ensemble_json.read_text())["rows"]
-        chosen = [row for row in rows if row["copies"] == args.self_ensemble]
-        if not chosen:
+        if not any(row["copies"] == args.self_ensemble for row in rows):
             raise SystemExit(f"{args.self_ensemble_json}: no row for {args.self_ensemble} copies")
         card["self_ensemble"] = {
             "copies": args.self_ensemble,
-            "validation": chosen[0],
-            "validation_all_copies": rows,
+            "validation": rows,  # one row per number of copies measured, the shipped one among them
             "measured_by": str(args.self_ensemble_json),
         }
         model, info = load_weights(args.run / "model.safetensors")
